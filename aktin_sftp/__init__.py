@@ -1,0 +1,3 @@
+"""Deliver the results of tagged AKTIN Broker requests, Fernet-encrypted, to an SFTP folder."""
+
+__version__ = "0.1.0"

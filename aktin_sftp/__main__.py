@@ -1,0 +1,5 @@
+import sys
+
+from aktin_sftp.cli import main
+
+sys.exit(main())

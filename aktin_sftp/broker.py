@@ -1,0 +1,191 @@
+"""The AKTIN Broker's admin API, as far as delivering results needs it."""
+
+from __future__ import annotations
+
+import logging
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from aktin_sftp.config import BrokerConfig
+from aktin_sftp.errors import ConfigError, SyncError, UnavailableError
+
+log = logging.getLogger(__name__)
+
+NS = "{http://aktin.org/ns/exchange}"
+REQUEST_TYPE = "application/vnd.aktin.query.request+xml"
+DOWNLOAD_CHUNK = 1 << 20
+# Timestamps that say a node has produced (or given up on) a result; `retrieved`, `queued`
+# and `processing` come and go on the way and do not change what the bundle holds.
+RESULT_STATES = ("completed", "rejected", "failed")
+
+
+class RequestFailed(SyncError):
+    """The broker failed for one request; the others can still be delivered."""
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    node: int
+    timestamps: tuple[tuple[str, str], ...]
+
+    def stamp(self, state: str) -> str | None:
+        return dict(self.timestamps).get(state)
+
+
+def tag_predicate(tag: str) -> str:
+    """An XPath that is true when a request carries `tag`, whatever namespace prefix or
+    whitespace its definition uses. `tag` was checked against config.TAG_PATTERN."""
+    return (
+        "boolean(//*[local-name()='principal']/*[local-name()='tags']"
+        f"/*[local-name()='tag'][normalize-space(.)='{tag}'])"
+    )
+
+
+def parse_xml(body: bytes, what: str) -> ET.Element:
+    # Entity declarations can only come with a DOCTYPE; the broker never sends one, so any
+    # DOCTYPE is refused instead of risking entity expansion or external entities.
+    if re.search(rb"<!DOCTYPE", body, re.IGNORECASE):
+        raise SyncError(f"broker answered {what} with a DOCTYPE declaration; refused (possible XML entity attack)")
+    try:
+        return ET.fromstring(body)
+    except ET.ParseError as exc:
+        raise SyncError(f"broker answered {what} with malformed XML ({exc}); nothing was changed") from None
+
+
+def parse_request_ids(root: ET.Element) -> list[int]:
+    if root.tag != f"{NS}request-list":
+        raise SyncError(f"broker listing is a <{root.tag}>, not a request-list; nothing was changed")
+    ids = []
+    for element in root.findall(f"{NS}request"):
+        text = element.get("id", "")
+        if not re.fullmatch(r"[0-9]{1,18}", text):
+            raise SyncError(f"broker listing has a request id {text[:40]!r} that is not a plain integer; nothing was changed")
+        ids.append(int(text))
+    return ids
+
+
+def parse_statuses(root: ET.Element, request_id: int) -> list[NodeStatus]:
+    if root.tag != f"{NS}request-status-list":
+        raise RequestFailed(f"status of request {request_id} is a <{root.tag}>, not a request-status-list")
+    statuses = []
+    for info in root.findall(f"{NS}request-status-info"):
+        node = info.findtext(f"{NS}node", "")
+        if not re.fullmatch(r"[0-9]{1,18}", node.strip()):
+            raise RequestFailed(f"status of request {request_id} names a node {node[:40]!r} that is not an integer")
+        stamps = tuple(
+            (child.tag[len(NS):], (child.text or "").strip())
+            for child in info
+            if child.tag.startswith(NS) and child.tag[len(NS):] in RESULT_STATES
+        )
+        statuses.append(NodeStatus(int(node), tuple(sorted(stamps))))
+    return statuses
+
+
+class Broker:
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+        self.base = config.url
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {config.api_key.reveal()}"
+        self.session.verify = str(config.ca_bundle) if config.ca_bundle else True
+        # Transient failures are retried with backoff; every call here is safe to repeat
+        # (an export only builds a new zip).
+        retry = Retry(
+            total=3,
+            backoff_factor=0.5,
+            status_forcelist=(502, 503, 504),
+            allowed_methods=None,
+            raise_on_status=False,
+        )
+        adapter = HTTPAdapter(max_retries=retry)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> Broker:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def version(self) -> str:
+        root = parse_xml(self._call("GET", "/broker/status", "the status call").content, "the status call")
+        versions = {m.get("id"): m.findtext(f"{NS}version") for m in root.iter(f"{NS}module")}
+        return versions.get("broker-server") or "unknown"
+
+    def tagged_request_ids(self, tag: str) -> list[int]:
+        what = "the listing of tagged requests"
+        response = self._call(
+            "GET", "/broker/request/filtered", what,
+            params={"type": REQUEST_TYPE, "predicate": tag_predicate(tag)},
+        )
+        return parse_request_ids(parse_xml(response.content, what))
+
+    def node_statuses(self, request_id: int) -> list[NodeStatus]:
+        what = f"the status of request {request_id}"
+        response = self._call("GET", f"/broker/request/{request_id}/status", what, per_request=True)
+        return parse_statuses(parse_xml(response.content, what), request_id)
+
+    def export(self, request_id: int, target: Path) -> int:
+        """Has the broker build the request's bundle and streams it into `target`."""
+        what = f"the export of request {request_id}"
+        response = self._call(
+            "POST", f"/broker/export/request-bundle/{request_id}", what,
+            headers={"Accept": "text/plain"}, per_request=True,
+        )
+        token = response.text.strip()
+        if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", token):
+            raise RequestFailed(f"{what} answered {token[:40]!r} instead of a download id")
+        what = f"the download of request {request_id}"
+        with self._call("GET", f"/broker/download/{quote(token)}", what, per_request=True, stream=True) as response:
+            expected = response.headers.get("Content-Length")
+            size = 0
+            with open(target, "wb") as handle:
+                for chunk in response.iter_content(DOWNLOAD_CHUNK):
+                    handle.write(chunk)
+                    size += len(chunk)
+        if expected is not None and expected.isdigit() and int(expected) != size:
+            raise RequestFailed(f"{what} was cut short ({size} of {expected} bytes)")
+        return size
+
+    def _call(
+        self, method: str, path: str, what: str, per_request: bool = False, **kwargs: object
+    ) -> requests.Response:
+        url = self.base + path
+        try:
+            response = self.session.request(method, url, timeout=self.config.timeout, **kwargs)  # type: ignore[arg-type]
+        except requests.exceptions.SSLError as exc:
+            raise UnavailableError(
+                f"TLS to the broker at {self.base} failed ({_reason(exc)}); check [broker] ca_bundle"
+            ) from None
+        except requests.exceptions.Timeout:
+            raise UnavailableError(f"broker at {self.base} did not answer {what} within {self.config.timeout:g} s") from None
+        except requests.exceptions.ConnectionError as exc:
+            raise UnavailableError(f"broker at {self.base} is unreachable ({_reason(exc)}); is it running?") from None
+        except requests.exceptions.RequestException as exc:
+            raise UnavailableError(f"{what} failed: {_reason(exc)}") from None
+        if response.status_code in (401, 403):
+            raise ConfigError(
+                f"broker refused the API key (HTTP {response.status_code}) for {what}; "
+                "[broker] api_key must be an admin key (its DN has OU=admin)"
+            )
+        if response.status_code >= 400:
+            error = RequestFailed if per_request else UnavailableError
+            raise error(f"broker answered {what} with HTTP {response.status_code}")
+        return response
+
+
+def _reason(exc: Exception) -> str:
+    """The innermost cause, which names the actual problem (refused, no route, bad cert)."""
+    while exc.__context__ is not None and isinstance(exc.__context__, Exception):
+        exc = exc.__context__
+    return type(exc).__name__ if not str(exc) else str(exc).splitlines()[0][:200]

@@ -1,0 +1,137 @@
+"""The `aktin-broker-sftp` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aktin_sftp import __version__, config, crypto, events, sync
+from aktin_sftp.broker import Broker
+from aktin_sftp.errors import EX_FAILURE, SyncError
+from aktin_sftp.sftp import Remote
+from aktin_sftp.state import StatusFile
+
+log = logging.getLogger("aktin_sftp")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        args.command(args)
+    except SyncError as exc:
+        log.error("%s", exc, extra={"MESSAGE_ID": events.RUN_FAILED})
+        return exc.exit_code
+    except (crypto.InvalidKeyError, crypto.InvalidTokenError) as exc:
+        log.error("%s", exc)
+        return EX_FAILURE
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        log.error("local file error%s: %s", where, exc.strerror or exc, extra={"MESSAGE_ID": events.RUN_FAILED})
+        return EX_FAILURE
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aktin-broker-sftp",
+        description="Deliver results of tagged AKTIN Broker requests, Fernet-encrypted, to an SFTP folder.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--config", type=Path, default=config.DEFAULT_PATH, help="default: %(default)s")
+    parser.add_argument("-v", "--verbose", action="store_true", help="also log debug messages")
+    commands = parser.add_subparsers(metavar="COMMAND", required=True)
+
+    run = commands.add_parser("run", help="deliver new and changed results, remove gone ones")
+    run.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    run.set_defaults(command=_run)
+
+    status = commands.add_parser("status", help="show what was delivered")
+    status.set_defaults(command=_status)
+
+    check = commands.add_parser("check", help="validate the config and reach broker and SFTP server")
+    check.set_defaults(command=_check)
+
+    keygen = commands.add_parser("keygen", help="write a new Fernet key (mode 0600)")
+    keygen.add_argument("path", type=Path)
+    keygen.set_defaults(command=_keygen)
+
+    decrypt = commands.add_parser("decrypt", help="turn a delivered file back into the zip")
+    decrypt.add_argument("input", type=Path)
+    decrypt.add_argument("output", type=Path)
+    decrypt.add_argument("--key-file", type=Path, required=True, help="the Fernet key file")
+    decrypt.set_defaults(command=_decrypt)
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # paramiko logs every channel event at INFO; only its warnings matter to operators.
+    logging.getLogger("paramiko").setLevel(logging.WARNING)
+
+
+def _run(args: argparse.Namespace) -> None:
+    sync.run(config.load(args.config), dry_run=args.dry_run)
+
+
+def _status(args: argparse.Namespace) -> None:
+    settings = config.load(args.config)
+    entries = StatusFile(settings.state_dir / sync.STATUS_NAME).load()
+    rows = [("id", "completion", "uploaded", "last update", "deleted")]
+    rows += [
+        (str(e.id), e.completion, e.uploaded or "-", e.last_update or "-", e.deleted or "-")
+        for e in sorted(entries.values(), key=lambda e: e.id)
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    if not entries:
+        print("(nothing delivered yet)")
+
+
+def _check(args: argparse.Namespace) -> None:
+    settings = config.load(args.config)
+    print(f"config {settings.path}: valid")
+    crypto.load_key(settings.key_file)
+    print(f"encryption key {settings.key_file}: valid")
+    with Broker(settings.broker) as broker:
+        version = broker.version()
+        tagged = broker.tagged_request_ids(settings.broker.tag)
+    print(f"broker {settings.broker.url}: version {version}, {len(tagged)} requests tagged {settings.broker.tag!r}")
+    with Remote(settings.sftp) as remote:
+        remote.check_folder()
+        print(
+            f"sftp {settings.sftp.username}@{settings.sftp.host}:{settings.sftp.port}: host key verified, "
+            f"logged in, folder {settings.sftp.folder!r} readable (cipher {remote.cipher})"
+        )
+
+
+def _keygen(args: argparse.Namespace) -> None:
+    try:
+        descriptor = os.open(args.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise SyncError(f"{args.path} exists; refusing to overwrite a key (results encrypted with it would be lost)") from None
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(crypto.generate_key() + b"\n")
+    print(f"new Fernet key written to {args.path} (mode 0600); give it to the recipient over a separate, safe channel")
+
+
+def _decrypt(args: argparse.Namespace) -> None:
+    key = crypto.load_key(args.key_file)
+    partial = args.output.with_name(f".{args.output.name}.part")
+    with open(partial, "wb") as target:
+        try:
+            crypto.decrypt_file(key, args.input, target)
+        except crypto.InvalidTokenError as exc:
+            partial.unlink()
+            raise crypto.InvalidTokenError(f"{args.input}: {exc}") from None
+    os.replace(partial, args.output)
+    print(f"{args.output}: decrypted")

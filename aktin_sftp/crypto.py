@@ -1,0 +1,146 @@
+"""Fernet tokens produced and checked in a stream, so a bundle of any size needs flat memory.
+
+The output is byte-for-byte the format of `cryptography.fernet.Fernet.encrypt` (see the Fernet
+spec): `0x80 | timestamp | IV | AES-128-CBC(PKCS7(plain)) | HMAC-SHA256`, urlsafe-base64 encoded.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, hmac, padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+VERSION = b"\x80"
+HEADER_SIZE = 1 + 8 + 16
+MAC_SIZE = 32
+# A multiple of both 3 (base64 input) and 16 (AES block) keeps every chunk boundary clean.
+CHUNK = 3 * 16 * 21_846
+
+
+class InvalidKeyError(ValueError):
+    pass
+
+
+class InvalidTokenError(ValueError):
+    pass
+
+
+def generate_key() -> bytes:
+    return base64.urlsafe_b64encode(os.urandom(32))
+
+
+def load_key(path: Path) -> bytes:
+    """Reads a key file as written by `Fernet.generate_key()` and returns the 32 raw bytes."""
+    text = path.read_bytes().strip()
+    try:
+        raw = base64.urlsafe_b64decode(text)
+    except binascii.Error:
+        raw = b""
+    if len(raw) != 32 or len(text) != 44:
+        raise InvalidKeyError("is not a Fernet key (44 characters of urlsafe base64)")
+    return raw
+
+
+def encrypt_stream(key: bytes, source: BinaryIO, target: BinaryIO, now: int | None = None) -> int:
+    """Writes the Fernet token of everything in `source` to `target`; returns its length."""
+    signer = hmac.HMAC(key[:16], hashes.SHA256())
+    encoder = _Base64Writer(target)
+
+    def emit(data: bytes) -> None:
+        signer.update(data)
+        encoder.write(data)
+
+    iv = os.urandom(16)
+    emit(VERSION + struct.pack(">Q", int(time.time()) if now is None else now) + iv)
+    encryptor = Cipher(algorithms.AES(key[16:]), modes.CBC(iv)).encryptor()
+    padder = padding.PKCS7(128).padder()
+    while chunk := source.read(CHUNK):
+        emit(encryptor.update(padder.update(chunk)))
+    emit(encryptor.update(padder.finalize()) + encryptor.finalize())
+    encoder.write(signer.finalize())
+    return encoder.close()
+
+
+def decrypt_file(key: bytes, source: Path, target: BinaryIO) -> None:
+    """Checks the token's MAC over the whole file first, then writes the plain bytes."""
+    signer = hmac.HMAC(key[:16], hashes.SHA256())
+    held = b""
+    size = 0
+    for chunk in _decoded(source):
+        held += chunk
+        size += len(chunk)
+        signer.update(held[:-MAC_SIZE])
+        held = held[-MAC_SIZE:]
+    if size < HEADER_SIZE + 16 + MAC_SIZE:
+        raise InvalidTokenError("too short to be a Fernet token")
+    try:
+        signer.verify(held)
+    except InvalidSignature as exc:
+        raise InvalidTokenError("wrong key, or the file was changed or cut short") from exc
+    body_end = size - MAC_SIZE
+    position = 0
+    decryptor = None
+    unpadder = padding.PKCS7(128).unpadder()
+    for chunk in _decoded(source):
+        start, position = position, position + len(chunk)
+        if decryptor is None:
+            header = chunk[:HEADER_SIZE]
+            if header[:1] != VERSION:
+                raise InvalidTokenError("not a Fernet token (unknown version byte)")
+            decryptor = Cipher(algorithms.AES(key[16:]), modes.CBC(header[9:25])).decryptor()
+            chunk, start = chunk[HEADER_SIZE:], HEADER_SIZE
+        chunk = chunk[: max(0, body_end - start)]
+        target.write(unpadder.update(decryptor.update(chunk)))
+    assert decryptor is not None
+    try:
+        target.write(unpadder.update(decryptor.finalize()) + unpadder.finalize())
+    except ValueError as exc:
+        raise InvalidTokenError("padding is broken") from exc
+
+
+def _decoded(source: Path) -> Iterator[bytes]:
+    with open(source, "rb") as handle:
+        rest = b""
+        while chunk := handle.read(CHUNK // 3 * 4):
+            data = rest + b"".join(chunk.split())
+            cut = len(data) - len(data) % 4
+            rest = data[cut:]
+            try:
+                yield base64.urlsafe_b64decode(data[:cut])
+            except binascii.Error as exc:
+                raise InvalidTokenError("not base64") from exc
+        if rest:
+            raise InvalidTokenError("not base64 (length is not a multiple of 4)")
+
+
+class _Base64Writer:
+    def __init__(self, target: BinaryIO) -> None:
+        self.target = target
+        self.pending = b""
+        self.written = 0
+
+    def write(self, data: bytes) -> None:
+        data = self.pending + data
+        cut = len(data) - len(data) % 3
+        self.pending = data[cut:]
+        self._put(data[:cut])
+
+    def close(self) -> int:
+        self._put(self.pending)
+        self.pending = b""
+        return self.written
+
+    def _put(self, data: bytes) -> None:
+        if data:
+            encoded = base64.urlsafe_b64encode(data)
+            self.target.write(encoded)
+            self.written += len(encoded)

@@ -1,0 +1,26 @@
+"""Failures and the exit codes operators and systemd see for them (sysexits.h)."""
+
+EX_FAILURE = 1
+EX_UNAVAILABLE = 69
+EX_TEMPFAIL = 75
+EX_CONFIG = 78
+
+
+class SyncError(Exception):
+    """A failure with a one-line message meant for the operator."""
+
+    exit_code = EX_FAILURE
+
+
+class ConfigError(SyncError):
+    exit_code = EX_CONFIG
+
+
+class UnavailableError(SyncError):
+    """The broker or the SFTP server could not be reached or refused us."""
+
+    exit_code = EX_UNAVAILABLE
+
+
+class LockedError(SyncError):
+    exit_code = EX_TEMPFAIL

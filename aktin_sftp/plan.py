@@ -1,0 +1,76 @@
+"""What a run has to do, decided without any I/O from what the broker shows and what was delivered."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from aktin_sftp.broker import RESULT_STATES, NodeStatus
+from aktin_sftp.state import Entry
+
+
+class Reason(enum.Enum):
+    NEW = "new"
+    CHANGED = "changed"
+    REAPPEARED = "reappeared"
+
+
+@dataclass(frozen=True)
+class Observed:
+    """One tagged request as the broker shows it now."""
+
+    id: int
+    fingerprint: str
+    completion: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    deliver: tuple[tuple[int, Reason], ...]
+    remove: tuple[int, ...]
+    unchanged: tuple[int, ...]
+    # Removals that the max_delete guard held back; the run must fail if there are any.
+    held_back: tuple[int, ...] = ()
+
+
+def fingerprint(statuses: Iterable[NodeStatus]) -> str:
+    """Changes whenever any node completes, re-submits, rejects or fails, and only then."""
+    digest = hashlib.sha256()
+    for status in sorted(statuses, key=lambda s: s.node):
+        stamps = "|".join(status.stamp(state) or "" for state in RESULT_STATES)
+        digest.update(f"{status.node}:{stamps}\n".encode())
+    return digest.hexdigest()
+
+
+def completion(statuses: Iterable[NodeStatus]) -> str:
+    """Completed nodes over nodes with a status row, written the way upstream wrote it."""
+    statuses = list(statuses)
+    if not statuses:
+        return "0.0"
+    done = sum(1 for status in statuses if status.stamp("completed"))
+    return str(round(done / len(statuses), 2))
+
+
+def make_plan(observed: Iterable[Observed], known: Mapping[int, Entry], max_delete: int) -> Plan:
+    deliver: list[tuple[int, Reason]] = []
+    unchanged: list[int] = []
+    listed: set[int] = set()
+    for request in sorted(observed, key=lambda r: r.id):
+        listed.add(request.id)
+        entry = known.get(request.id)
+        if entry is None:
+            deliver.append((request.id, Reason.NEW))
+        elif entry.deleted is not None:
+            deliver.append((request.id, Reason.REAPPEARED))
+        elif entry.fingerprint != request.fingerprint:
+            # An entry taken over from upstream has no fingerprint: it is delivered once more
+            # rather than trusting upstream's completion ratio, which missed real changes.
+            deliver.append((request.id, Reason.CHANGED))
+        else:
+            unchanged.append(request.id)
+    gone = tuple(sorted(i for i, entry in known.items() if entry.deleted is None and i not in listed))
+    if len(gone) > max_delete:
+        return Plan(tuple(deliver), (), tuple(unchanged), held_back=gone)
+    return Plan(tuple(deliver), gone, tuple(unchanged))

@@ -1,0 +1,141 @@
+"""The recipient's SFTP folder: host-key-verified login, uploads that appear whole or not at all."""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import socket
+from pathlib import Path
+
+import paramiko
+
+from aktin_sftp.config import SftpConfig
+from aktin_sftp.errors import ConfigError, SyncError, UnavailableError
+
+log = logging.getLogger(__name__)
+
+
+def partial_name(name: str) -> str:
+    """Where an upload lands until it is complete; hidden, and not matching `export_*.zip`."""
+    return f".{name}.part"
+
+
+class Remote:
+    def __init__(self, config: SftpConfig) -> None:
+        self.config = config
+        self.folder = config.folder
+        self.client = paramiko.SSHClient()
+        self.client.load_host_keys(str(config.known_hosts))
+        # Never learn a key: an unknown or changed host key is refused.
+        self.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        where = f"SFTP server {config.host}:{config.port}"
+        try:
+            self.client.connect(
+                config.host,
+                port=config.port,
+                username=config.username,
+                password=config.password.reveal() if config.password else None,
+                key_filename=str(config.private_key_file) if config.private_key_file else None,
+                timeout=config.timeout,
+                banner_timeout=config.timeout,
+                auth_timeout=config.timeout,
+                allow_agent=False,
+                look_for_keys=False,
+            )
+        except paramiko.BadHostKeyException:
+            self.client.close()
+            raise ConfigError(
+                f"{where} presented a host key that differs from {config.known_hosts}; refused. "
+                "If the server's key really changed, verify it with the recipient and update that file"
+            ) from None
+        except paramiko.AuthenticationException:
+            self.client.close()
+            raise ConfigError(
+                f"{where} rejected the login of {config.username!r}; check [sftp] password or private_key_file"
+            ) from None
+        except paramiko.SSHException as exc:
+            self.client.close()
+            if "not found in known_hosts" in str(exc):
+                raise ConfigError(
+                    f"{where} is not in {config.known_hosts}; add its verified host key there "
+                    "(ssh-keyscan shows it, confirm it with the recipient)"
+                ) from None
+            raise UnavailableError(f"{where}: SSH failed ({exc})") from None
+        except (OSError, EOFError) as exc:
+            self.client.close()
+            raise UnavailableError(f"{where} is unreachable ({exc})") from None
+        transport = self.client.get_transport()
+        assert transport is not None
+        # Without TCP_NODELAY, small SFTP requests wait for delayed ACKs.
+        transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[union-attr]
+        self.cipher: str = getattr(transport, "remote_cipher", "unknown")
+        self.sftp = self.client.open_sftp()
+
+    def __enter__(self) -> Remote:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.client.close()
+
+    def path(self, name: str) -> str:
+        return posixpath.join(self.folder, name)
+
+    def check_folder(self) -> None:
+        try:
+            self.sftp.listdir(self.folder)
+        except OSError as exc:
+            raise ConfigError(f"SFTP folder {self.folder!r} cannot be listed ({exc}); check [sftp] folder") from None
+
+    def upload(self, local: Path, name: str) -> int:
+        """Uploads under a temporary name, checks the size, then renames into place."""
+        final, partial = self.path(name), self.path(partial_name(name))
+        size = local.stat().st_size
+        try:
+            attributes = self.sftp.put(str(local), partial, confirm=True)
+            if attributes.st_size != size:
+                raise SyncError(f"upload of {final} ended at {attributes.st_size} of {size} bytes")
+            self._rename(partial, final)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise _transfer_error(f"upload of {final}", exc) from None
+        return size
+
+    def remove(self, name: str) -> bool:
+        """Removes a file; False when it was not there (anymore)."""
+        target = self.path(name)
+        try:
+            self.sftp.remove(target)
+        except FileNotFoundError:
+            return False
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise _transfer_error(f"removal of {target}", exc) from None
+        return True
+
+    def listdir(self) -> list[str]:
+        return sorted(self.sftp.listdir(self.folder))
+
+    def _rename(self, source: str, target: str) -> None:
+        try:
+            self.sftp.posix_rename(source, target)
+        except OSError as exc:
+            # Servers without the posix-rename extension refuse to rename onto an existing
+            # file: the old file goes first, so the final name is briefly absent, never partial.
+            if "posix-rename" not in str(exc) and "Operation unsupported" not in str(exc):
+                raise
+            log.warning("SFTP server lacks posix-rename; replacing %s in two steps", target)
+            try:
+                self.sftp.remove(target)
+            except FileNotFoundError:
+                pass
+            self.sftp.rename(source, target)
+
+
+def _transfer_error(what: str, exc: BaseException) -> SyncError:
+    if isinstance(exc, PermissionError):
+        return SyncError(f"{what} failed: permission denied on the SFTP server; is [sftp] folder writable?")
+    if isinstance(exc, (EOFError, paramiko.SSHException, socket.timeout, ConnectionError)):
+        return UnavailableError(f"{what} failed: the SFTP connection was lost ({exc or type(exc).__name__})")
+    # OpenSSH reports a full disk or an exceeded quota only as a generic "Failure".
+    return SyncError(f"{what} failed: {exc or type(exc).__name__} (a full disk or quota on the server shows up this way)")

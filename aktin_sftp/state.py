@@ -1,0 +1,133 @@
+"""The status XML: what was delivered, in the format the upstream uploader wrote and recipients read.
+
+Upstream's elements (`id`, `completion`, `uploaded`, `last-update`, `deleted`) keep their names and
+meaning; `fingerprint` is ours and records exactly which node results the delivered file holds.
+Elements we do not know are kept as they are.
+"""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from aktin_sftp.errors import SyncError
+
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+KNOWN = ("id", "completion", "uploaded", "last-update", "deleted", "fingerprint")
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).strftime(TIME_FORMAT)
+
+
+@dataclass
+class Entry:
+    id: int
+    completion: str
+    uploaded: str | None = None
+    last_update: str | None = None
+    deleted: str | None = None
+    fingerprint: str | None = None
+    extra: list[ET.Element] = field(default_factory=list)
+
+    def delivered(self, completion: str, fingerprint: str, at: str) -> None:
+        if self.uploaded is None:
+            self.uploaded = at
+        else:
+            self.last_update = at
+        self.completion = completion
+        self.fingerprint = fingerprint
+        self.deleted = None
+
+
+class StatusFile:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[int, Entry]:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        return parse(data, str(self.path))
+
+    def save(self, entries: dict[int, Entry]) -> None:
+        write_atomic(self.path, serialize(entries))
+
+
+def parse(data: bytes, source: str) -> dict[int, Entry]:
+    if b"<!DOCTYPE" in data.upper():
+        raise SyncError(f"{source}: has a DOCTYPE declaration, which a status XML never has")
+    try:
+        root = ET.fromstring(data)
+    except ET.ParseError as exc:
+        raise SyncError(
+            f"{source}: status XML is unreadable ({exc}); restore it from the copy in the SFTP folder "
+            "before the next run, or nothing can be compared"
+        ) from None
+    if root.tag != "status":
+        raise SyncError(f"{source}: root element is <{root.tag}>, not <status>")
+    entries: dict[int, Entry] = {}
+    for element in root.findall("request-status"):
+        text = (element.findtext("id") or "").strip()
+        if not text.isdigit():
+            raise SyncError(f"{source}: a request-status has the id {text[:40]!r}, not an integer")
+        entry = Entry(
+            id=int(text),
+            completion=(element.findtext("completion") or "0.0").strip(),
+            uploaded=_text(element, "uploaded"),
+            last_update=_text(element, "last-update"),
+            deleted=_text(element, "deleted"),
+            fingerprint=_text(element, "fingerprint"),
+            extra=[child for child in element if child.tag not in KNOWN],
+        )
+        entries[entry.id] = entry
+    return entries
+
+
+def serialize(entries: dict[int, Entry]) -> bytes:
+    root = ET.Element("status")
+    for entry in sorted(entries.values(), key=lambda e: e.id):
+        element = ET.SubElement(root, "request-status")
+        values = (
+            ("id", str(entry.id)),
+            ("completion", entry.completion),
+            ("uploaded", entry.uploaded),
+            ("last-update", entry.last_update),
+            ("deleted", entry.deleted),
+            ("fingerprint", entry.fingerprint),
+        )
+        for name, value in values:
+            if value is not None:
+                ET.SubElement(element, name).text = value
+        element.extend(entry.extra)
+    ET.indent(root)
+    # Like upstream: no XML declaration.
+    return ET.tostring(root, encoding="unicode").encode("utf-8") + b"\n"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replaces `path` so that a crash leaves either the old or the new content, never a mix."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def _text(element: ET.Element, name: str) -> str | None:
+    text = element.findtext(name)
+    return text.strip() if text and text.strip() else None
