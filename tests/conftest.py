@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+
+from tests.peers import broker as broker_peer
+from tests.peers.sshd import PASSWORD, USER, SshServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def broker_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[broker_peer.BrokerServer]:
+    lib = broker_peer.classpath()
+    if isinstance(lib, str):
+        pytest.skip(lib)
+    server = broker_peer.BrokerServer(lib, tmp_path_factory.mktemp("broker"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ssh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    if os.geteuid() != 0 or not Path("/usr/sbin/sshd").exists():
+        pytest.skip("the SFTP tests need root and OpenSSH's sshd ('make test' installs it)")
+    server = SshServer(tmp_path_factory.mktemp("sshd"))
+    yield server
+    server.stop()
+
+
+@dataclass
+class Setup:
+    """One test's own tag, SFTP folder, key, state directory and config file."""
+
+    tag: str
+    folder: Path
+    remote_folder: str
+    state_dir: Path
+    key: bytes
+    config: Path
+
+    def run(self, *args: str, config: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "aktin_sftp", "--config", str(config or self.config), *args],
+            capture_output=True, text=True, cwd=ROOT, timeout=300, env=env,
+        )
+
+    def remote_files(self) -> list[str]:
+        return sorted(p.name for p in self.folder.iterdir())
+
+    def decrypt(self, name: str) -> bytes:
+        return Fernet(self.key).decrypt((self.folder / name).read_bytes())
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture
+def setup(
+    request: pytest.FixtureRequest, tmp_path: Path, broker_server: broker_peer.BrokerServer, ssh_server: SshServer
+) -> Setup:
+    name = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name)[:40].strip("-")
+    folder = ssh_server.folder(name)
+    key = Fernet.generate_key()
+    key_file = tmp_path / "fernet.key"
+    key_file.write_bytes(key + b"\n")
+    key_file.chmod(0o600)
+    state_dir = tmp_path / "state"
+    config = write_config(tmp_path / "sftp.toml", f"""
+[broker]
+url = "{broker_server.url}"
+api_key = "{broker_peer.ADMIN_KEY}"
+tag = "{name}"
+timeout = 30
+
+[sftp]
+host = "127.0.0.1"
+port = {ssh_server.port}
+username = "{USER}"
+password = "{PASSWORD}"
+known_hosts = "{ssh_server.known_hosts}"
+folder = "{SshServer.remote(folder)}"
+
+[encryption]
+key_file = "{key_file}"
+
+[state]
+directory = "{state_dir}"
+max_delete = 5
+""")
+    return Setup(name, folder, SshServer.remote(folder), state_dir, key, config)

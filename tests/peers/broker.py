@@ -1,0 +1,169 @@
+"""The real AKTIN Broker (released jars), started for a test session, and the calls the tests
+make on it as its administrator and as hospitals."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+import zipfile
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import requests
+
+from tests.peers import free_port
+
+BROKER_VERSION = "1.5.1"
+ADMIN_KEY = "xxxAdmin1234"
+NODE_KEYS = {
+    "Schwarzwaldklinik": "xxxApiKey123",
+    "Sachsenklinik": "xxxApiKey567",
+    "Bergklinik": "xxxApiKey890",
+}
+REQUEST_TYPE = "application/vnd.aktin.query.request+xml"
+POM = Path(__file__).resolve().parent.parent / "broker" / "pom.xml"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "aktin-broker-sftp"
+
+
+def classpath() -> Path | str:
+    """The directory of the broker's jars, or the reason there is none."""
+    if os.environ.get("AKTIN_BROKER_LIB"):
+        return Path(os.environ["AKTIN_BROKER_LIB"])
+    lib = CACHE / f"broker-{BROKER_VERSION}" / "lib"
+    if (lib / f"broker-admin-{BROKER_VERSION}.jar").exists():
+        return lib
+    return (
+        f"no AKTIN Broker {BROKER_VERSION} jars in {lib}: 'make broker-jars' resolves "
+        f"org.aktin:broker-admin:{BROKER_VERSION} with Maven (or set AKTIN_BROKER_LIB to a directory of its jars)"
+    )
+
+
+def request_xml(title: str, tags: list[str], prefix: str = "") -> str:
+    """A minimal query request definition; `prefix` writes it with a namespace prefix."""
+    p = f"{prefix}:" if prefix else ""
+    ns = f"xmlns{':' + prefix if prefix else ''}=\"http://aktin.org/ns/exchange\""
+    tag_xml = "".join(f"<{p}tag>{escape(tag)}</{p}tag>" for tag in tags)
+    return (
+        f'<{p}queryRequest {ns} xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
+        f"<{p}id>1</{p}id><{p}reference>2026-01-01T00:00:00Z</{p}reference>"
+        f"<{p}query><{p}title>{escape(title)}</{p}title><{p}description/>"
+        f"<{p}principal><{p}name/><{p}organisation/><{p}email/><{p}phone/><{p}tags>{tag_xml}</{p}tags></{p}principal>"
+        f'<{p}schedule xsi:type="{p}singleExecution"><{p}duration>-P1Y</{p}duration></{p}schedule>'
+        f"</{p}query></{p}queryRequest>"
+    )
+
+
+class BrokerServer:
+    def __init__(self, lib: Path, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        keys = [f"{ADMIN_KEY}=CN=Admin,O=AKTIN,OU=admin"]
+        keys += [f"{key}=CN={name},O={name},L=Test" for name, key in NODE_KEYS.items()]
+        (directory / "api-keys.properties").write_text("\n".join(keys) + "\n", encoding="iso-8859-1")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(directory / "broker.log", "wb")
+        self.process = subprocess.Popen(
+            [
+                shutil.which("java") or "java", "-Xmx512m", "-cp", f"{lib}/*",
+                "-Daktin.broker.password=test-admin-password",
+                "org.aktin.broker.admin.standalone.HttpServer", f"127.0.0.1:{self.port}",
+            ],
+            cwd=directory, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        self._wait()
+        self.admin = requests.Session()
+        self.admin.headers["Authorization"] = f"Bearer {ADMIN_KEY}"
+        self.nodes = {name: Hospital(self.url, key) for name, key in NODE_KEYS.items()}
+
+    def _wait(self) -> None:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"broker exited: {(self.directory / 'broker.log').read_text()[-2000:]}")
+            try:
+                if requests.get(f"{self.url}/broker/status", timeout=2).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError("broker did not start within 90 s")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+    def create_request(self, tags: list[str], title: str = "test", prefix: str = "", publish: bool = True) -> int:
+        response = self.admin.post(
+            f"{self.url}/broker/request", data=request_xml(title, tags, prefix).encode(),
+            headers={"Content-Type": REQUEST_TYPE},
+        )
+        assert response.status_code == 201, response.text
+        request_id = int(response.headers["Location"].rstrip("/").rsplit("/", 1)[1])
+        if publish:
+            assert self.admin.post(f"{self.url}/broker/request/{request_id}/publish").ok
+        return request_id
+
+    def set_tags(self, request_id: int, tags: list[str]) -> None:
+        response = self.admin.put(
+            f"{self.url}/broker/request/{request_id}", data=request_xml("test", tags).encode(),
+            headers={"Content-Type": REQUEST_TYPE},
+        )
+        assert response.ok, response.text
+
+    def delete_request(self, request_id: int) -> None:
+        assert self.admin.delete(f"{self.url}/broker/request/{request_id}").ok
+
+    def export(self, request_id: int) -> dict[str, bytes]:
+        """The request's bundle as the broker exports it now: entry name -> content."""
+        token = self.admin.post(
+            f"{self.url}/broker/export/request-bundle/{request_id}", headers={"Accept": "text/plain"}
+        ).text.strip()
+        data = requests.get(f"{self.url}/broker/download/{token}").content
+        return zip_entries(data)
+
+
+class Hospital:
+    """A node acting through the node API with its own key, as the real client would."""
+
+    def __init__(self, url: str, key: str) -> None:
+        self.url = url
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {key}"
+        response = self.session.get(f"{url}/broker/my/request")  # registers the node
+        assert response.ok, response.text
+
+    def pending(self) -> list[int]:
+        root = ET.fromstring(self.session.get(f"{self.url}/broker/my/request").content)
+        return [int(e.get("id", "")) for e in root.iter("{http://aktin.org/ns/exchange}request")]
+
+    def submit(self, request_id: int, result: bytes, media_type: str = "text/plain") -> None:
+        for state in ("retrieved", "processing"):
+            assert self.session.post(f"{self.url}/broker/my/request/{request_id}/status/{state}").ok
+        response = self.session.put(
+            f"{self.url}/aggregator/my/request/{request_id}/result", data=result, headers={"Content-Type": media_type}
+        )
+        assert response.ok, response.text
+        assert self.session.post(f"{self.url}/broker/my/request/{request_id}/status/completed").ok
+
+    def fail(self, request_id: int, message: str) -> None:
+        response = self.session.post(
+            f"{self.url}/broker/my/request/{request_id}/status/failed", data=message.encode(),
+            headers={"Content-Type": "text/plain"},
+        )
+        assert response.ok, response.text
+
+
+def zip_entries(data: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
