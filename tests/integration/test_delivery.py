@@ -43,16 +43,16 @@ def test_seed_scenario(setup: Setup, broker_server: BrokerServer) -> None:
     second.submit(tagged[1], b"second hospital, second request")
     done = setup.run("run")
     assert done.returncode == 0, done.stderr
-    assert "re-delivered request %d" % tagged[0] in done.stderr
-    assert "re-delivered request %d" % tagged[1] in done.stderr
-    assert "delivered request %d (new" % newest in done.stderr
-    assert "re-delivered request %d" % tagged[2] not in done.stderr
+    assert f"re-delivered request {tagged[0]}" in done.stderr
+    assert f"re-delivered request {tagged[1]}" in done.stderr
+    assert f"delivered request {newest} (new" in done.stderr
+    assert f"re-delivered request {tagged[2]}" not in done.stderr
     local = status_entries((setup.state_dir / "status.xml").read_bytes())
-    assert sorted(local) == sorted(tagged + [newest])
+    assert sorted(local) == sorted([*tagged, newest])
     assert "last-update" in local[tagged[0]] and "last-update" in local[tagged[1]]
     assert "last-update" not in local[tagged[2]]
-    assert setup.remote_files() == sorted([f"export_{i}.zip" for i in tagged + [newest]] + ["status.xml"])
-    for request_id in tagged + [newest]:
+    assert setup.remote_files() == sorted([f"export_{i}.zip" for i in [*tagged, newest]] + ["status.xml"])
+    for request_id in [*tagged, newest]:
         assert_matches_broker(setup, broker_server, request_id)
     assert b"second hospital, first request" in b"".join(
         zip_entries(setup.decrypt(f"export_{tagged[0]}.zip")).values()
