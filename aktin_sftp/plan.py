@@ -36,11 +36,13 @@ class Plan:
 
 
 def fingerprint(statuses: Iterable[NodeStatus]) -> str:
-    """Changes whenever any node completes, re-submits, rejects or fails, and only then."""
+    """Changes whenever any node completes, re-submits, rejects or fails, and only then: a node
+    that merely retrieved or works on the request adds nothing the recipient could use yet."""
     digest = hashlib.sha256()
     for status in sorted(statuses, key=lambda s: s.node):
         stamps = "|".join(status.stamp(state) or "" for state in RESULT_STATES)
-        digest.update(f"{status.node}:{stamps}\n".encode())
+        if stamps.strip("|"):
+            digest.update(f"{status.node}:{stamps}\n".encode())
     return digest.hexdigest()
 
 

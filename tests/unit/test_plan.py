@@ -100,7 +100,8 @@ def test_one_change_among_hundreds_of_nodes_is_seen() -> None:
 def test_progress_states_and_node_order_do_not_count_as_changes() -> None:
     nodes = [node(1, completed=T1), node(2)]
     assert fingerprint(nodes) == fingerprint(list(reversed(nodes)))
-    assert fingerprint(nodes) == fingerprint([node(1, completed=T1), node(2)])
+    assert fingerprint(nodes) == fingerprint([node(1, completed=T1)])
+    assert fingerprint(nodes) == fingerprint([node(1, completed=T1), node(2), node(3)])
 
 
 @pytest.mark.parametrize(
