@@ -1,0 +1,87 @@
+"""`make demo`: one delivery on a local default.
+
+Starts the real AKTIN Broker and an OpenSSH sshd on 127.0.0.1, lets two hospitals answer a few
+tagged requests, runs `aktin-broker-sftp run` once, prints `status` and the remote folder, and
+stops both servers again.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from cryptography.fernet import Fernet
+
+from tests.peers import broker as broker_peer
+from tests.peers.sshd import PASSWORD, USER, SshServer
+
+TAG = "rki"
+
+
+def main() -> int:
+    lib = broker_peer.classpath()
+    if isinstance(lib, str):
+        print(f"demo needs the AKTIN Broker: {lib}", file=sys.stderr)
+        return 1
+    with tempfile.TemporaryDirectory(prefix="aktin-sftp-demo-") as temporary:
+        work = Path(temporary)
+        broker = broker_peer.BrokerServer(lib, work / "broker")
+        try:
+            sshd = SshServer(work / "sshd")
+            try:
+                return demo(work, broker, sshd)
+            finally:
+                sshd.stop()
+        finally:
+            broker.stop()
+
+
+def demo(work: Path, broker: broker_peer.BrokerServer, sshd: SshServer) -> int:
+    first, second = broker.nodes["Schwarzwaldklinik"], broker.nodes["Sachsenklinik"]
+    for number in range(3):
+        request_id = broker.create_request([TAG], title=f"demo request {number}")
+        first.submit(request_id, f"Schwarzwaldklinik, request {request_id}: 42 cases\n".encode())
+        if number:
+            second.submit(request_id, f"Sachsenklinik, request {request_id}: 17 cases\n".encode())
+    broker.create_request(["not-for-the-recipient"], title="untagged")
+    folder = sshd.folder("rki")
+    key_file = work / "fernet.key"
+    key_file.write_bytes(Fernet.generate_key())
+    key_file.chmod(0o600)
+    config = work / "sftp.toml"
+    config.write_text(f"""\
+[broker]
+url = "{broker.url}"
+api_key = "{broker_peer.ADMIN_KEY}"
+tag = "{TAG}"
+
+[sftp]
+host = "127.0.0.1"
+port = {sshd.port}
+username = "{USER}"
+password = "{PASSWORD}"
+known_hosts = "{sshd.known_hosts}"
+folder = "{SshServer.remote(folder)}"
+
+[encryption]
+key_file = "{key_file}"
+
+[state]
+directory = "{work / 'state'}"
+""")
+    config.chmod(0o600)
+    command = [sys.executable, "-m", "aktin_sftp", "--config", str(config)]
+    print(f"$ aktin-broker-sftp --config {config} run", flush=True)
+    code = subprocess.run([*command, "run"]).returncode
+    print(f"\n$ aktin-broker-sftp --config {config} status", flush=True)
+    subprocess.run([*command, "status"])
+    print(f"\nremote folder {SshServer.remote(folder)}:")
+    for path in sorted(folder.iterdir()):
+        print(f"  {path.name:20} {path.stat().st_size:>8} bytes")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
