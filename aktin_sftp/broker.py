@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -104,7 +105,7 @@ class Broker:
             allowed_methods=None,
             raise_on_status=False,
         )
-        adapter = HTTPAdapter(max_retries=retry)
+        adapter = HTTPAdapter(max_retries=retry, pool_maxsize=config.parallel)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
 
@@ -129,6 +130,11 @@ class Broker:
             params={"type": REQUEST_TYPE, "predicate": tag_predicate(tag)},
         )
         return parse_request_ids(parse_xml(response.content, what))
+
+    def all_node_statuses(self, request_ids: list[int]) -> dict[int, list[NodeStatus]]:
+        """Status of many requests over one keep-alive pool, `parallel` calls at a time."""
+        with ThreadPoolExecutor(self.config.parallel) as pool:
+            return dict(zip(request_ids, pool.map(self.node_statuses, request_ids), strict=True))
 
     def node_statuses(self, request_id: int) -> list[NodeStatus]:
         what = f"the status of request {request_id}"

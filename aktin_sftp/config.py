@@ -57,6 +57,7 @@ class BrokerConfig:
     tag: str
     ca_bundle: Path | None
     timeout: float
+    parallel: int
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ def _from_upstream(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
 
 
 SCHEMA: dict[str, set[str]] = {
-    "broker": {"url", "api_key", "api_key_file", "tag", "ca_bundle", "timeout"},
+    "broker": {"url", "api_key", "api_key_file", "tag", "ca_bundle", "timeout", "parallel"},
     "sftp": {
         "host", "port", "username", "password", "password_file", "private_key_file",
         "known_hosts", "folder", "timeout",
@@ -269,6 +270,9 @@ class _Reader:
             tag=tag,
             ca_bundle=self.optional_path("broker", "ca_bundle", _readable_file),
             timeout=self.number("broker", "timeout", 60, 1, 3600),
+            # A few status calls at a time keep a run over hundreds of requests short without
+            # loading the broker, which also serves the hospitals.
+            parallel=int(self.number("broker", "parallel", 4, 1, 32)),
         )
 
     def sftp(self) -> SftpConfig:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import posixpath
 import socket
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import paramiko
 
@@ -13,6 +16,28 @@ from aktin_sftp.config import SftpConfig
 from aktin_sftp.errors import ConfigError, SyncError, UnavailableError
 
 log = logging.getLogger(__name__)
+
+
+READ_SIZE = 1 << 20
+# SFTP write request = length, type, id, handle string, offset, data string: 25 bytes + handle.
+WRITE_OVERHEAD = 25
+Progress = Callable[[int, int], None]
+
+
+class _GcmFirstTransport(paramiko.Transport):
+    """AES-GCM needs no separate MAC pass, which makes paramiko's uploads markedly faster;
+    the other ciphers stay as fallbacks for servers without it."""
+
+    _preferred_ciphers = tuple(
+        sorted(paramiko.Transport._preferred_ciphers, key=lambda name: "gcm@openssh.com" not in name)  # type: ignore[attr-defined]
+    )
+
+
+def _transport_options() -> dict[str, Any]:
+    # paramiko before 3.2 cannot take a transport class (and before 3.3 has no GCM anyway).
+    if "transport_factory" in inspect.signature(paramiko.SSHClient.connect).parameters:
+        return {"transport_factory": _GcmFirstTransport}
+    return {}
 
 
 def partial_name(name: str) -> str:
@@ -41,6 +66,7 @@ class Remote:
                 auth_timeout=config.timeout,
                 allow_agent=False,
                 look_for_keys=False,
+                **_transport_options(),
             )
         except paramiko.BadHostKeyException:
             self.client.close()
@@ -89,18 +115,33 @@ class Remote:
         except OSError as exc:
             raise ConfigError(f"SFTP folder {self.folder!r} cannot be listed ({exc}); check [sftp] folder") from None
 
-    def upload(self, local: Path, name: str) -> int:
+    def upload(self, local: Path, name: str, progress: Progress | None = None) -> int:
         """Uploads under a temporary name, checks the size, then renames into place."""
         final, partial = self.path(name), self.path(partial_name(name))
         size = local.stat().st_size
         try:
-            attributes = self.sftp.put(str(local), partial, confirm=True)
-            if attributes.st_size != size:
-                raise SyncError(f"upload of {final} ended at {attributes.st_size} of {size} bytes")
+            self._write(local, partial, size, progress)
+            remote_size = self.sftp.stat(partial).st_size
+            if remote_size != size:
+                raise SyncError(f"upload of {final} ended at {remote_size} of {size} bytes")
             self._rename(partial, final)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise _transfer_error(f"upload of {final}", exc) from None
         return size
+
+    def _write(self, local: Path, remote: str, size: int, progress: Progress | None) -> None:
+        """Pipelined writes sized to fill one SSH packet each: paramiko's default request size
+        plus the SFTP header spills every request into a second, tiny packet."""
+        with open(local, "rb") as source, self.sftp.open(remote, "wb") as target:
+            target.set_pipelined(True)
+            packet = min(self.sftp.sock.out_max_packet_size, 1 << 18)
+            target.MAX_REQUEST_SIZE = packet - WRITE_OVERHEAD - len(cast(bytes, target.handle))
+            sent = 0
+            while chunk := source.read(READ_SIZE):
+                target.write(chunk)
+                sent += len(chunk)
+                if progress:
+                    progress(sent, size)
 
     def remove(self, name: str) -> bool:
         """Removes a file; False when it was not there (anymore)."""

@@ -96,11 +96,8 @@ def run(config: Config, dry_run: bool = False, show: Callable[[str], None] = pri
 
 
 def observe(broker: Broker, tag: str) -> dict[int, Observed]:
-    observed = {}
-    for request_id in broker.tagged_request_ids(tag):
-        statuses = broker.node_statuses(request_id)
-        observed[request_id] = Observed(request_id, fingerprint(statuses), completion(statuses))
-    return observed
+    statuses = broker.all_node_statuses(broker.tagged_request_ids(tag))
+    return {i: Observed(i, fingerprint(nodes), completion(nodes)) for i, nodes in statuses.items()}
 
 
 def deliver(broker: Broker, remote: Remote, key: bytes, work: Path, request_id: int) -> int:

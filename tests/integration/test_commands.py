@@ -85,7 +85,7 @@ def test_a_config_error_exits_78_before_any_network_call(setup: Setup) -> None:
     done = setup.run("run", config=variant(setup, "timeout = 30", "timeout = 30\ncolour = 1"))
     assert done.returncode == 78
     assert done.stderr.strip().splitlines() == [f"ERROR: {setup.config.with_name('variant.toml')}: [broker] colour: "
-                                                "unknown key (known: api_key, api_key_file, ca_bundle, tag, timeout, url)"]
+                                                "unknown key (known: api_key, api_key_file, ca_bundle, parallel, tag, timeout, url)"]
 
 
 def test_a_second_run_exits_75_while_one_holds_the_lock(setup: Setup, broker_server: BrokerServer) -> None:
