@@ -16,6 +16,7 @@ from aktin_sftp.sftp import Remote
 from aktin_sftp.state import StatusFile
 
 log = logging.getLogger("aktin_sftp")
+SPEED_PROBE_SIZE = 32 << 20
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -54,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     status.set_defaults(command=_status)
 
     check = commands.add_parser("check", help="validate the config and reach broker and SFTP server")
+    check.add_argument(
+        "--speed", action="store_true", help="also show the SSH cipher and measure upload speed (writes and removes a probe file)"
+    )
     check.set_defaults(command=_check)
 
     keygen = commands.add_parser("keygen", help="write a new Fernet key (mode 0600)")
@@ -110,8 +114,11 @@ def _check(args: argparse.Namespace) -> None:
         remote.check_folder()
         print(
             f"sftp {settings.sftp.username}@{settings.sftp.host}:{settings.sftp.port}: host key verified, "
-            f"logged in, folder {settings.sftp.folder!r} readable (cipher {remote.cipher})"
+            f"logged in, folder {settings.sftp.folder!r} readable"
         )
+        if args.speed:
+            rate = remote.measure_upload(SPEED_PROBE_SIZE)
+            print(f"sftp cipher {remote.cipher}, upload {rate / 1e6:.0f} MB/s ({SPEED_PROBE_SIZE >> 20} MiB probe)")
 
 
 def _keygen(args: argparse.Namespace) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import posixpath
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -130,18 +132,37 @@ class Remote:
         return size
 
     def _write(self, local: Path, remote: str, size: int, progress: Progress | None) -> None:
-        """Pipelined writes sized to fill one SSH packet each: paramiko's default request size
-        plus the SFTP header spills every request into a second, tiny packet."""
-        with open(local, "rb") as source, self.sftp.open(remote, "wb") as target:
-            target.set_pipelined(True)
-            packet = min(self.sftp.sock.out_max_packet_size, 1 << 18)
-            target.MAX_REQUEST_SIZE = packet - WRITE_OVERHEAD - len(cast(bytes, target.handle))
+        with open(local, "rb") as source, self._open_for_upload(remote) as target:
             sent = 0
             while chunk := source.read(READ_SIZE):
                 target.write(chunk)
                 sent += len(chunk)
                 if progress:
                     progress(sent, size)
+
+    def _open_for_upload(self, remote: str) -> paramiko.SFTPFile:
+        """Pipelined writes sized to fill one SSH packet each: paramiko's default request size
+        plus the SFTP header spills every request into a second, tiny packet."""
+        target = self.sftp.open(remote, "wb")
+        target.set_pipelined(True)
+        packet = min(self.sftp.sock.out_max_packet_size, 1 << 18)
+        target.MAX_REQUEST_SIZE = packet - WRITE_OVERHEAD - len(cast(bytes, target.handle))
+        return target
+
+    def measure_upload(self, size: int) -> float:
+        """Bytes per second for `size` random bytes written to a hidden file, removed again."""
+        probe = self.path(partial_name("aktin-speed-probe"))
+        block = os.urandom(READ_SIZE)
+        try:
+            started = time.monotonic()
+            with self._open_for_upload(probe) as target:
+                for _ in range(max(1, size // READ_SIZE)):
+                    target.write(block)
+            seconds = time.monotonic() - started
+            self.sftp.remove(probe)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise _transfer_error(f"speed probe {probe}", exc) from None
+        return float(max(1, size // READ_SIZE) * READ_SIZE / seconds)
 
     def remove(self, name: str) -> bool:
         """Removes a file; False when it was not there (anymore)."""

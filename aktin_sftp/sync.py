@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from aktin_sftp import crypto, events
+from aktin_sftp import crypto, events, progress
 from aktin_sftp.broker import Broker, RequestFailed
 from aktin_sftp.config import Config
 from aktin_sftp.errors import SyncError
@@ -58,13 +59,15 @@ def run(config: Config, dry_run: bool = False, show: Callable[[str], None] = pri
             with Remote(config.sftp) as remote:
                 work = _clean_work_dir(state_dir)
                 for request_id, reason in plan.deliver:
+                    started = time.monotonic()
                     try:
                         size = deliver(broker, remote, key, work, request_id)
                     except RequestFailed as exc:
                         log.error("request %d not delivered: %s", request_id, exc, extra={"REQUEST_ID": request_id})
                         outcome.failed.append(str(exc))
                         continue
-                    _record_delivery(entries, observed[request_id], reason, size, remote.path(result_name(request_id)))
+                    seconds = time.monotonic() - started
+                    _record_delivery(entries, observed[request_id], reason, size, seconds, remote.path(result_name(request_id)))
                     store.save(entries)
                     outcome.delivered.append(request_id)
                 for request_id in plan.remove:
@@ -101,30 +104,34 @@ def observe(broker: Broker, tag: str) -> dict[int, Observed]:
 
 
 def deliver(broker: Broker, remote: Remote, key: bytes, work: Path, request_id: int) -> int:
-    """Export, download, encrypt and upload one request's bundle; returns the uploaded size."""
+    """Export, download, encrypt and upload one request's bundle; returns the uploaded size.
+    Each step streams through files in `work`, so memory stays flat whatever the size."""
     plain = work / f"{result_name(request_id)}.download"
     token = work / f"{result_name(request_id)}.fernet"
     broker.export(request_id, plain)
     with open(plain, "rb") as source, _private_writer(token) as target:
         crypto.encrypt_stream(key, source, target)
     plain.unlink()
-    size = remote.upload(token, result_name(request_id))
+    size = remote.upload(token, result_name(request_id), progress.for_terminal(result_name(request_id)))
     token.unlink()
     return size
 
 
-def _record_delivery(entries: dict[int, Entry], request: Observed, reason: Reason, size: int, remote_path: str) -> None:
+def _record_delivery(
+    entries: dict[int, Entry], request: Observed, reason: Reason, size: int, seconds: float, remote_path: str
+) -> None:
     entry = entries.setdefault(request.id, Entry(request.id, request.completion))
     entry.delivered(request.completion, request.fingerprint, now())
     first = reason is Reason.NEW
     log.info(
-        "%s request %d (%s, completion %s): %s, %d bytes",
-        "delivered" if first else "re-delivered", request.id, reason.value, request.completion, remote_path, size,
+        "%s request %d (%s, completion %s): %s, %d bytes in %.1f s",
+        "delivered" if first else "re-delivered", request.id, reason.value, request.completion, remote_path, size, seconds,
         extra={
             "MESSAGE_ID": events.DELIVERED if first else events.REDELIVERED,
             "REQUEST_ID": request.id,
             "REMOTE_PATH": remote_path,
             "BYTES": size,
+            "DURATION_SECONDS": f"{seconds:.3f}",
         },
     )
 

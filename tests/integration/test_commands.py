@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,8 +29,14 @@ def test_check_reaches_both_peers_and_changes_nothing(setup: Setup, broker_serve
     assert done.returncode == 0, done.stderr
     assert "version 1.5.1, 1 requests tagged" in done.stdout
     assert "host key verified, logged in" in done.stdout
+    assert "cipher" not in done.stdout
     assert setup.remote_files() == []
     assert not setup.state_dir.exists()
+    done = setup.run("check", "--speed")
+    assert done.returncode == 0, done.stderr
+    speed = r"sftp cipher aes\d+-\w+(@openssh.com)?, upload \d+ MB/s \(32 MiB probe\)"
+    assert re.search(speed, done.stdout), done.stdout
+    assert setup.remote_files() == []
 
 
 def test_login_with_a_private_key(setup: Setup, ssh_server: SshServer) -> None:
