@@ -12,7 +12,8 @@ import pytest
 from cryptography.fernet import Fernet
 
 from tests.peers import broker as broker_peer
-from tests.peers.sshd import PASSWORD, USER, SshServer
+from tests.peers.client import write_config, write_key
+from tests.peers.sshd import SshServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,43 +61,14 @@ class Setup:
         return Fernet(self.key).decrypt((self.folder / name).read_bytes())
 
 
-def write_config(path: Path, text: str) -> Path:
-    path.write_text(text)
-    path.chmod(0o600)
-    return path
-
-
 @pytest.fixture
 def setup(
     request: pytest.FixtureRequest, tmp_path: Path, broker_server: broker_peer.BrokerServer, ssh_server: SshServer
 ) -> Setup:
     name = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name)[:40].strip("-")
     folder = ssh_server.folder(name)
-    key = Fernet.generate_key()
     key_file = tmp_path / "fernet.key"
-    key_file.write_bytes(key + b"\n")
-    key_file.chmod(0o600)
+    key = write_key(key_file)
     state_dir = tmp_path / "state"
-    config = write_config(tmp_path / "sftp.toml", f"""
-[broker]
-url = "{broker_server.url}"
-api_key = "{broker_peer.ADMIN_KEY}"
-tag = "{name}"
-timeout = 30
-
-[sftp]
-host = "127.0.0.1"
-port = {ssh_server.port}
-username = "{USER}"
-password = "{PASSWORD}"
-known_hosts = "{ssh_server.known_hosts}"
-folder = "{SshServer.remote(folder)}"
-
-[encryption]
-key_file = "{key_file}"
-
-[state]
-directory = "{state_dir}"
-max_delete = 5
-""")
+    config = write_config(tmp_path / "sftp.toml", broker_server.url, ssh_server, folder, name, key_file, state_dir)
     return Setup(name, folder, SshServer.remote(folder), state_dir, key, config)

@@ -12,10 +12,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cryptography.fernet import Fernet
-
 from tests.peers import broker as broker_peer
-from tests.peers.sshd import PASSWORD, USER, SshServer
+from tests.peers.client import write_config, write_key
+from tests.peers.sshd import SshServer
 
 TAG = "rki"
 
@@ -48,30 +47,8 @@ def demo(work: Path, broker: broker_peer.BrokerServer, sshd: SshServer) -> int:
     broker.create_request(["not-for-the-recipient"], title="untagged")
     folder = sshd.folder("rki")
     key_file = work / "fernet.key"
-    key_file.write_bytes(Fernet.generate_key())
-    key_file.chmod(0o600)
-    config = work / "sftp.toml"
-    config.write_text(f"""\
-[broker]
-url = "{broker.url}"
-api_key = "{broker_peer.ADMIN_KEY}"
-tag = "{TAG}"
-
-[sftp]
-host = "127.0.0.1"
-port = {sshd.port}
-username = "{USER}"
-password = "{PASSWORD}"
-known_hosts = "{sshd.known_hosts}"
-folder = "{SshServer.remote(folder)}"
-
-[encryption]
-key_file = "{key_file}"
-
-[state]
-directory = "{work / 'state'}"
-""")
-    config.chmod(0o600)
+    write_key(key_file)
+    config = write_config(work / "sftp.toml", broker.url, sshd, folder, TAG, key_file, work / "state")
     command = [sys.executable, "-m", "aktin_sftp", "--config", str(config)]
     print(f"$ aktin-broker-sftp --config {config} run", flush=True)
     code = subprocess.run([*command, "run"]).returncode

@@ -89,7 +89,7 @@ def test_a_node_key_instead_of_an_admin_key_is_a_config_error(setup: Setup) -> N
 
 
 def test_a_config_error_exits_78_before_any_network_call(setup: Setup) -> None:
-    done = setup.run("run", config=variant(setup, "timeout = 30", "timeout = 30\ncolour = 1"))
+    done = setup.run("run", config=variant(setup, "timeout = 60", "timeout = 60\ncolour = 1"))
     assert done.returncode == 78
     known = "api_key, api_key_file, ca_bundle, parallel, tag, timeout, url"
     expected = f"ERROR: {setup.config.with_name('variant.toml')}: [broker] colour: unknown key (known: {known})"

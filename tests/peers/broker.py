@@ -11,6 +11,7 @@ import time
 import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path
+from typing import BinaryIO
 from xml.sax.saxutils import escape
 
 import requests
@@ -146,7 +147,7 @@ class Hospital:
         root = ET.fromstring(self.session.get(f"{self.url}/broker/my/request").content)
         return [int(e.get("id", "")) for e in root.iter("{http://aktin.org/ns/exchange}request")]
 
-    def submit(self, request_id: int, result: bytes, media_type: str = "text/plain") -> None:
+    def submit(self, request_id: int, result: bytes | BinaryIO, media_type: str = "text/plain") -> None:
         for state in ("retrieved", "processing"):
             assert self.session.post(f"{self.url}/broker/my/request/{request_id}/status/{state}").ok
         response = self.session.put(
