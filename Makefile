@@ -8,7 +8,7 @@ BROKER_VERSION = 1.5.1
 BROKER_LIB  ?= $(CACHE)/broker-$(BROKER_VERSION)/lib
 APT_PACKAGES = openssh-server openssh-client openssl default-jre-headless maven python3-venv util-linux
 
-.PHONY: test demo lint unit deps broker-jars clean
+.PHONY: test demo bench lint unit deps broker-jars clean
 
 test: deps $(VENV)/.ready broker-jars lint
 	$(VENV)/bin/pytest -ra tests
@@ -22,6 +22,10 @@ unit: $(VENV)/.ready
 
 demo: deps $(VENV)/.ready broker-jars
 	$(VENV)/bin/python -m tests.demo
+
+# Prints the performance table; BENCH_ARGS=--full for the full sizes (1 GiB bundles).
+bench: deps $(VENV)/.ready broker-jars
+	$(VENV)/bin/python -m tests.bench $(BENCH_ARGS)
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \

@@ -1,0 +1,236 @@
+"""`make bench`: the performance goals, measured side by side with a reference in one run.
+
+Starts its own AKTIN Broker and sshd (as the tests do), builds the inputs and prints one table.
+`--full` uses the full sizes (bundles of 64 MiB, 256 MiB and 1 GiB; a 1 GiB upload).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import requests
+
+from aktin_sftp import config as config_module
+from aktin_sftp import crypto
+from aktin_sftp.broker import Broker
+from aktin_sftp.plan import Observed, make_plan
+from aktin_sftp.sftp import Remote
+from aktin_sftp.state import Entry, StatusFile
+from tests.peers import broker as broker_peer
+from tests.peers.client import write_config, write_key
+from tests.peers.sshd import USER, SshServer
+
+MiB = 1 << 20
+Row = tuple[str, str, str, str, str]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--full", action="store_true", help="full sizes: 64 MiB to 1 GiB bundles, 1 GiB upload")
+    parser.add_argument("--requests", type=int, default=500)
+    args = parser.parse_args()
+    lib = broker_peer.classpath()
+    if isinstance(lib, str):
+        print(f"bench needs the AKTIN Broker: {lib}", file=sys.stderr)
+        return 1
+    bundle_sizes = [64, 256, 1024] if args.full else [16, 64]
+    upload_size = 1024 if args.full else 256
+    with tempfile.TemporaryDirectory(prefix="aktin-sftp-bench-") as temporary:
+        work = Path(temporary)
+        broker = broker_peer.BrokerServer(lib, work / "broker")
+        sshd = SshServer(work / "sshd")
+        bench = Bench(work, broker, sshd)
+        try:
+            rows = bench.memory(bundle_sizes) + bench.upload(upload_size) + bench.many(args.requests) + bench.state()
+        finally:
+            sshd.stop()
+            broker.stop()
+    print_table(rows)
+    return 0
+
+
+class Bench:
+    def __init__(self, work: Path, broker: broker_peer.BrokerServer, sshd: SshServer) -> None:
+        self.work = work
+        self.broker = broker
+        self.sshd = sshd
+        self.hospital = broker.nodes["Schwarzwaldklinik"]
+
+    def client(self, name: str, tag: str) -> Path:
+        directory = self.work / name
+        directory.mkdir()
+        key_file = directory / "fernet.key"
+        write_key(key_file)
+        folder = self.sshd.folder(name)
+        return write_config(directory / "sftp.toml", self.broker.url, self.sshd, folder, tag, key_file, directory / "state")
+
+    def memory(self, sizes: list[int]) -> list[Row]:
+        rows = []
+        for size in sizes:
+            tag = f"bench-memory-{size}"
+            request_id = self.broker.create_request([tag])
+            source = self.work / "result.bin"
+            write_random(source, size * MiB)
+            with open(source, "rb") as handle:
+                self.hospital.submit(request_id, handle, "application/octet-stream")
+            source.unlink()
+            ours = self.client(f"memory-ours-{size}", tag)
+            ours_rss, ours_seconds = measure([sys.executable, "-m", "aktin_sftp", "--config", str(ours), "run"])
+            reference = self.client(f"memory-reference-{size}", tag)
+            config_module.load(reference).state_dir.mkdir()
+            reference_rss, reference_seconds = measure(
+                [sys.executable, "-m", "tests.bench_reference", "delivery", str(reference), str(request_id)]
+            )
+            rows.append((
+                f"1. peak RSS of a run delivering a {size} MiB bundle",
+                f"{ours_rss:.0f} MiB ({ours_seconds:.1f} s)",
+                f"{reference_rss:.0f} MiB ({reference_seconds:.1f} s)",
+                f"{ours_rss / reference_rss:.2f}",
+                "< 100 MiB, flat",
+            ))
+        return rows
+
+    def upload(self, size: int) -> list[Row]:
+        plain, token = self.work / "plain.bin", self.work / "token.bin"
+        write_random(plain, size * MiB)
+        write_key(self.work / "upload.key")
+        with open(plain, "rb") as source, open(token, "wb") as target:
+            crypto.encrypt_stream(crypto.load_key(self.work / "upload.key"), source, target)
+        plain.unlink()
+        config = config_module.load(self.client("upload", "bench-upload"))
+        folder = config.sftp.folder
+        token_size = token.stat().st_size
+
+        def ours() -> None:
+            with Remote(config.sftp) as remote:
+                remote.upload(token, "export_1.zip")
+
+        def openssh() -> None:
+            self.sshd.client_key.chmod(0o600)
+            subprocess.run(
+                ["sftp", "-q", "-b", "-", "-i", str(self.sshd.client_key), "-P", str(self.sshd.port),
+                 "-o", f"UserKnownHostsFile={self.sshd.known_hosts}", f"{USER}@127.0.0.1"],
+                input=f"put {token} {folder}/openssh.bin\n".encode(), check=True, capture_output=True,
+            )
+
+        ours_rate = token_size / best_of(3, ours)
+        openssh_rate = token_size / best_of(3, openssh)
+        token.unlink()
+        return [(
+            f"2. upload of a {token_size / MiB:.0f} MiB token (connect included)",
+            f"{ours_rate / 1e6:.0f} MB/s",
+            f"{openssh_rate / 1e6:.0f} MB/s (OpenSSH sftp)",
+            f"{ours_rate / openssh_rate:.2f}",
+            ">= 0.80",
+        )]
+
+    def many(self, count: int) -> list[Row]:
+        tag = "bench-many"
+        for number in range(count):
+            request_id = self.broker.create_request([tag], title=f"bench {number}")
+            self.hospital.submit(request_id, f"result {number}".encode())
+        config = self.client("many", tag)
+        command = [sys.executable, "-m", "aktin_sftp", "--config", str(config), "run"]
+        started = time.perf_counter()
+        first = subprocess.run(command, capture_output=True, text=True)
+        assert first.returncode == 0, first.stderr
+        first_seconds = time.perf_counter() - started
+        ours = best_of(3, lambda: subprocess.run(command, check=True, capture_output=True))
+        reference_command = [sys.executable, "-m", "tests.bench_reference", "unchanged", str(config)]
+        reference = best_of(3, lambda: subprocess.run(reference_command, check=True, capture_output=True))
+        settings = config_module.load(config)
+        with Broker(settings.broker) as broker:
+            ids = broker.tagged_request_ids(tag)
+            ours_calls = best_of(3, lambda: broker.all_node_statuses(ids))
+        auth = {"Authorization": f"Bearer {broker_peer.ADMIN_KEY}"}
+        reference_calls = best_of(
+            3, lambda: [requests.get(f"{self.broker.url}/broker/request/{i}/status", headers=auth).content for i in ids]
+        )
+        return [(
+            f"3. the {count} status calls alone (parallel = {settings.broker.parallel})",
+            f"{ours_calls:.2f} s",
+            f"{reference_calls:.2f} s",
+            f"{reference_calls / ours_calls:.1f}x faster",
+            "",
+        ), (
+            f"3. run over {count} tagged requests, nothing changed (first run: {first_seconds:.0f} s)",
+            f"{ours:.2f} s",
+            f"{reference:.2f} s (new connection per call, sequential)",
+            f"{reference / ours:.1f}x faster",
+            ">= 5x faster",
+        )]
+
+    def state(self) -> list[Row]:
+        rows: list[Row] = []
+        store = StatusFile(self.work / "state-bench.xml")
+        entries = {i: Entry(i, "1.0", "2026-01-01 00:00:00", "2026-01-02 00:00:00", None, "f" * 64) for i in range(10_000)}
+        save = best_of(3, lambda: store.save(entries))
+        load = best_of(3, store.load)
+        rows.append(
+            ("4. status XML with 10 000 entries: save / load", f"{save:.3f} s / {load:.3f} s", "-", "-", "well under 1 s")
+        )
+        timings = {}
+        for count in (10_000, 40_000):
+            known = {i: Entry(i, "1.0", fingerprint="a") for i in range(count)}
+            observed = [Observed(i, "a" if i % 3 else "b", "1.0") for i in range(count)]
+            timings[count] = best_of(3, functools.partial(make_plan, observed, known, 5))
+        rows.append((
+            "4. planning 10 000 / 40 000 requests",
+            f"{timings[10_000] * 1000:.0f} ms / {timings[40_000] * 1000:.0f} ms",
+            "-",
+            f"{timings[40_000] / timings[10_000]:.1f}x for 4x",
+            "linear (~4x)",
+        ))
+        return rows
+
+
+def write_random(path: Path, size: int) -> None:
+    block = os.urandom(MiB)
+    with open(path, "wb") as handle:
+        for _ in range(size // MiB):
+            handle.write(block)
+
+
+def measure(command: list[str]) -> tuple[float, float]:
+    """Peak RSS in MiB and wall time of one child process."""
+    started = time.perf_counter()
+    with open(os.devnull, "wb") as null:
+        process = subprocess.Popen(command, stdout=null, stderr=null)
+        _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        raise RuntimeError(f"{' '.join(command)} exited {process.returncode}")
+    return usage.ru_maxrss / 1024, time.perf_counter() - started
+
+
+def best_of(times: int, action: Callable[[], object]) -> float:
+    best = float("inf")
+    for _ in range(times):
+        started = time.perf_counter()
+        action()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def print_table(rows: list[Row]) -> None:
+    header: Row = ("goal", "ours", "reference", "ratio", "target")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(5)]
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    print(f"\nmachine: {platform.node()}, {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, "
+          f"{shutil.disk_usage('/').total >> 30} GiB disk")
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        print("| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) + " |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
