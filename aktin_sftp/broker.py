@@ -16,6 +16,7 @@ from urllib3.util.retry import Retry
 
 from aktin_sftp.config import BrokerConfig
 from aktin_sftp.errors import ConfigError, SyncError, UnavailableError
+from aktin_sftp.faults import checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,9 @@ def parse_xml(body: bytes, what: str) -> ET.Element:
     try:
         return ET.fromstring(body)
     except ET.ParseError as exc:
-        raise SyncError(f"broker answered {what} with malformed XML ({exc}); nothing was changed") from None
+        raise UnavailableError(
+            f"broker answered {what} with malformed XML ({exc}); nothing was changed, the next run tries again"
+        ) from None
 
 
 def parse_request_ids(root: ET.Element) -> list[int]:
@@ -101,8 +104,11 @@ class Broker:
         self.session.trust_env = False
         # Transient failures are retried with backoff; every call here is safe to repeat
         # (an export only builds a new zip).
+        # A read that timed out is tried once more only: the broker may be building a large
+        # bundle, and each try waits the whole timeout.
         retry = Retry(
             total=3,
+            read=1,
             backoff_factor=0.5,
             status_forcelist=(502, 503, 504),
             allowed_methods=None,
@@ -155,13 +161,22 @@ class Broker:
         if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", token):
             raise RequestFailed(f"{what} answered {token[:40]!r} instead of a download id")
         what = f"the download of request {request_id}"
+        limit = self.config.max_download_mib << 20
         with self._call("GET", f"/broker/download/{quote(token)}", what, per_request=True, stream=True) as response:
             expected = response.headers.get("Content-Length")
+            if expected is not None and expected.isdigit() and int(expected) > limit:
+                raise RequestFailed(f"{what} is {int(expected) >> 20} MiB, more than [broker] max_download_mib")
             size = 0
             with open(target, "wb") as handle:
-                for chunk in response.iter_content(DOWNLOAD_CHUNK):
-                    handle.write(chunk)
-                    size += len(chunk)
+                try:
+                    for chunk in response.iter_content(DOWNLOAD_CHUNK):
+                        size += len(chunk)
+                        if size > limit:
+                            raise RequestFailed(f"{what} exceeded [broker] max_download_mib; stopped")
+                        handle.write(chunk)
+                        checkpoint("download")
+                except requests.exceptions.RequestException as exc:
+                    raise RequestFailed(f"{what} broke off after {size} bytes ({_reason(exc)})") from None
         if expected is not None and expected.isdigit() and int(expected) != size:
             raise RequestFailed(f"{what} was cut short ({size} of {expected} bytes)")
         return size
@@ -179,6 +194,10 @@ class Broker:
         except requests.exceptions.Timeout:
             raise UnavailableError(f"broker at {self.base} did not answer {what} within {self.config.timeout:g} s") from None
         except requests.exceptions.ConnectionError as exc:
+            if "timed out" in _reason(exc):
+                raise UnavailableError(
+                    f"broker at {self.base} did not answer {what} within {self.config.timeout:g} s"
+                ) from None
             raise UnavailableError(f"broker at {self.base} is unreachable ({_reason(exc)}); is it running?") from None
         except requests.exceptions.RequestException as exc:
             raise UnavailableError(f"{what} failed: {_reason(exc)}") from None

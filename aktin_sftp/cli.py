@@ -80,6 +80,8 @@ def _setup_logging(verbose: bool) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     # paramiko logs every channel event at INFO; only its warnings matter to operators.
     logging.getLogger("paramiko").setLevel(logging.WARNING)
+    # urllib3 announces each retry with the whole URL; the final outcome is what we log.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -111,7 +113,7 @@ def _check(args: argparse.Namespace) -> None:
         tagged = broker.tagged_request_ids(settings.broker.tag)
     print(f"broker {settings.broker.url}: version {version}, {len(tagged)} requests tagged {settings.broker.tag!r}")
     with Remote(settings.sftp) as remote:
-        remote.check_folder()
+        remote.listdir()
         print(
             f"sftp {settings.sftp.username}@{settings.sftp.host}:{settings.sftp.port}: host key verified, "
             f"logged in, folder {settings.sftp.folder!r} readable"

@@ -58,6 +58,7 @@ class BrokerConfig:
     ca_bundle: Path | None
     timeout: float
     parallel: int
+    max_download_mib: int
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ def _from_upstream(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
 
 
 SCHEMA: dict[str, set[str]] = {
-    "broker": {"url", "api_key", "api_key_file", "tag", "ca_bundle", "timeout", "parallel"},
+    "broker": {"url", "api_key", "api_key_file", "tag", "ca_bundle", "timeout", "parallel", "max_download_mib"},
     "sftp": {
         "host", "port", "username", "password", "password_file", "private_key_file",
         "known_hosts", "folder", "timeout",
@@ -273,6 +274,8 @@ class _Reader:
             # A few status calls at a time keep a run over hundreds of requests short without
             # loading the broker, which also serves the hospitals.
             parallel=int(self.number("broker", "parallel", 4, 1, 32)),
+            # A bound on what one download may write into the state directory.
+            max_download_mib=int(self.number("broker", "max_download_mib", 16384, 1, 1 << 30)),
         )
 
     def sftp(self) -> SftpConfig:

@@ -19,6 +19,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, hmac, padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from aktin_sftp.faults import checkpoint
+
 VERSION = b"\x80"
 HEADER_SIZE = 1 + 8 + 16
 MAC_SIZE = 32
@@ -65,6 +67,7 @@ def encrypt_stream(key: bytes, source: BinaryIO, target: BinaryIO, now: int | No
     padder = padding.PKCS7(128).padder()
     while chunk := source.read(CHUNK):
         emit(encryptor.update(padder.update(chunk)))
+        checkpoint("encrypt")
     emit(encryptor.update(padder.finalize()) + encryptor.finalize())
     encoder.write(signer.finalize())
     return encoder.close()

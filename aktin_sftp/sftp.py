@@ -6,6 +6,7 @@ import inspect
 import logging
 import os
 import posixpath
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ import paramiko
 
 from aktin_sftp.config import SftpConfig
 from aktin_sftp.errors import ConfigError, SyncError, UnavailableError
+from aktin_sftp.faults import checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,7 @@ READ_SIZE = 1 << 20
 # SFTP write request = length, type, id, handle string, offset, data string: 25 bytes + handle.
 WRITE_OVERHEAD = 25
 Progress = Callable[[int, int], None]
+PARTIAL = re.compile(r"\.(export_[0-9]+\.zip|status\.xml|aktin-speed-probe)\.part")
 
 
 class _GcmFirstTransport(paramiko.Transport):
@@ -111,32 +114,28 @@ class Remote:
     def path(self, name: str) -> str:
         return posixpath.join(self.folder, name)
 
-    def check_folder(self) -> None:
-        try:
-            self.sftp.listdir(self.folder)
-        except OSError as exc:
-            raise ConfigError(f"SFTP folder {self.folder!r} cannot be listed ({exc}); check [sftp] folder") from None
-
     def upload(self, local: Path, name: str, progress: Progress | None = None) -> int:
         """Uploads under a temporary name, checks the size, then renames into place."""
         final, partial = self.path(name), self.path(partial_name(name))
         size = local.stat().st_size
         try:
-            self._write(local, partial, size, progress)
+            self._write(local, partial, size, progress, name)
             remote_size = self.sftp.stat(partial).st_size
             if remote_size != size:
                 raise SyncError(f"upload of {final} ended at {remote_size} of {size} bytes")
+            checkpoint(f"rename:{name}")
             self._rename(partial, final)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise _transfer_error(f"upload of {final}", exc) from None
         return size
 
-    def _write(self, local: Path, remote: str, size: int, progress: Progress | None) -> None:
+    def _write(self, local: Path, remote: str, size: int, progress: Progress | None, name: str) -> None:
         with open(local, "rb") as source, self._open_for_upload(remote) as target:
             sent = 0
             while chunk := source.read(READ_SIZE):
                 target.write(chunk)
                 sent += len(chunk)
+                checkpoint(f"upload:{name}")
                 if progress:
                     progress(sent, size)
 
@@ -176,7 +175,17 @@ class Remote:
         return True
 
     def listdir(self) -> list[str]:
-        return sorted(self.sftp.listdir(self.folder))
+        try:
+            return sorted(self.sftp.listdir(self.folder))
+        except OSError as exc:
+            raise ConfigError(f"SFTP folder {self.folder!r} cannot be listed ({exc}); check [sftp] folder") from None
+
+    def remove_partials(self) -> None:
+        """Drops what an interrupted run left under temporary names (only names we make)."""
+        for name in self.listdir():
+            if PARTIAL.fullmatch(name):
+                log.info("removing %s left by an interrupted run", self.path(name))
+                self.remove(name)
 
     def _rename(self, source: str, target: str) -> None:
         try:

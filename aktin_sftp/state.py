@@ -7,6 +7,7 @@ Elements we do not know are kept as they are.
 
 from __future__ import annotations
 
+import logging
 import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -14,6 +15,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from aktin_sftp.errors import SyncError
+from aktin_sftp.faults import checkpoint
+
+log = logging.getLogger(__name__)
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 KNOWN = ("id", "completion", "uploaded", "last-update", "deleted", "fingerprint")
@@ -44,18 +48,32 @@ class Entry:
 
 
 class StatusFile:
+    """The file plus its previous good version (`.prev`), to recover from outside damage."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.previous = path.with_name(f"{path.name}.prev")
 
     def load(self) -> dict[int, Entry]:
         try:
-            data = self.path.read_bytes()
+            return parse(self.path.read_bytes(), str(self.path))
         except FileNotFoundError:
-            return {}
-        return parse(data, str(self.path))
+            if not self.previous.exists():
+                return {}
+            problem = f"{self.path} is missing"
+        except SyncError as exc:
+            if not self.previous.exists():
+                raise
+            problem = str(exc)
+        entries = parse(self.previous.read_bytes(), str(self.previous))
+        log.warning(
+            "%s; continuing from the previous good copy %s (one save older: at most the latest "
+            "delivery is repeated)", problem, self.previous,
+        )
+        return entries
 
     def save(self, entries: dict[int, Entry]) -> None:
-        write_atomic(self.path, serialize(entries))
+        write_atomic(self.path, serialize(entries), previous=self.previous)
 
 
 def parse(data: bytes, source: str) -> dict[int, Entry]:
@@ -65,8 +83,8 @@ def parse(data: bytes, source: str) -> dict[int, Entry]:
         root = ET.fromstring(data)
     except ET.ParseError as exc:
         raise SyncError(
-            f"{source}: status XML is unreadable ({exc}); restore it from the copy in the SFTP folder "
-            "before the next run, or nothing can be compared"
+            f"{source}: status XML is unreadable ({exc}); nothing was changed. Restore it from the "
+            "status.xml in the SFTP folder (or a backup) and run again"
         ) from None
     if root.tag != "status":
         raise SyncError(f"{source}: root element is <{root.tag}>, not <status>")
@@ -109,8 +127,9 @@ def serialize(entries: dict[int, Entry]) -> bytes:
     return ET.tostring(root, encoding="unicode").encode("utf-8") + b"\n"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replaces `path` so that a crash leaves either the old or the new content, never a mix."""
+def write_atomic(path: Path, data: bytes, previous: Path | None = None) -> None:
+    """Replaces `path` so that a crash leaves either the old or the new content, never a mix;
+    with `previous`, the old content is kept there."""
     temporary = path.with_name(f".{path.name}.tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -118,6 +137,9 @@ def write_atomic(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        checkpoint("state-write")
+        if previous is not None and path.exists():
+            os.replace(path, previous)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)

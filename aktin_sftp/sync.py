@@ -15,6 +15,7 @@ from aktin_sftp import crypto, events, progress
 from aktin_sftp.broker import Broker, RequestFailed
 from aktin_sftp.config import Config
 from aktin_sftp.errors import SyncError
+from aktin_sftp.faults import checkpoint
 from aktin_sftp.lock import exclusive
 from aktin_sftp.plan import Observed, Plan, Reason, completion, fingerprint, make_plan
 from aktin_sftp.sftp import Remote
@@ -57,6 +58,7 @@ def run(config: Config, dry_run: bool = False, show: Callable[[str], None] = pri
             )
             outcome = Outcome()
             with Remote(config.sftp) as remote:
+                remote.remove_partials()
                 work = _clean_work_dir(state_dir)
                 for request_id, reason in plan.deliver:
                     started = time.monotonic()
@@ -70,6 +72,7 @@ def run(config: Config, dry_run: bool = False, show: Callable[[str], None] = pri
                     _record_delivery(entries, observed[request_id], reason, size, seconds, remote.path(result_name(request_id)))
                     store.save(entries)
                     outcome.delivered.append(request_id)
+                    checkpoint("delivered")
                 for request_id in plan.remove:
                     path = remote.path(result_name(request_id))
                     existed = remote.remove(result_name(request_id))
@@ -81,6 +84,8 @@ def run(config: Config, dry_run: bool = False, show: Callable[[str], None] = pri
                         request_id, path, "" if existed else "; the file was already absent",
                         extra={"MESSAGE_ID": events.REMOVED, "REQUEST_ID": request_id, "REMOTE_PATH": path},
                     )
+                # Saved once more so that a first run without deliveries has a file to upload too.
+                store.save(entries)
                 remote.upload(store.path, STATUS_NAME)
     if plan.held_back:
         outcome.failed.append(
@@ -108,13 +113,15 @@ def deliver(broker: Broker, remote: Remote, key: bytes, work: Path, request_id: 
     Each step streams through files in `work`, so memory stays flat whatever the size."""
     plain = work / f"{result_name(request_id)}.download"
     token = work / f"{result_name(request_id)}.fernet"
-    broker.export(request_id, plain)
-    with open(plain, "rb") as source, _private_writer(token) as target:
-        crypto.encrypt_stream(key, source, target)
-    plain.unlink()
-    size = remote.upload(token, result_name(request_id), progress.for_terminal(result_name(request_id)))
-    token.unlink()
-    return size
+    try:
+        broker.export(request_id, plain)
+        with open(plain, "rb") as source, _private_writer(token) as target:
+            crypto.encrypt_stream(key, source, target)
+        plain.unlink()
+        return remote.upload(token, result_name(request_id), progress.for_terminal(result_name(request_id)))
+    finally:
+        plain.unlink(missing_ok=True)
+        token.unlink(missing_ok=True)
 
 
 def _record_delivery(

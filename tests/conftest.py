@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -48,11 +49,20 @@ class Setup:
     key: bytes
     config: Path
 
+    def command(self, config: Path | None = None) -> list[str]:
+        return [sys.executable, "-m", "aktin_sftp", "--config", str(config or self.config)]
+
     def run(self, *args: str, config: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "aktin_sftp", "--config", str(config or self.config), *args],
-            capture_output=True, text=True, cwd=ROOT, timeout=300, env=env,
-        )
+        return subprocess.run([*self.command(config), *args], capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+
+    def variant(self, old: str, new: str) -> Path:
+        """A copy of this test's config with one text replaced."""
+        path = self.config.with_name("variant.toml")
+        text = self.config.read_text()
+        assert old in text
+        path.write_text(text.replace(old, new))
+        path.chmod(0o600)
+        return path
 
     def remote_files(self) -> list[str]:
         return sorted(p.name for p in self.folder.iterdir())
@@ -65,7 +75,8 @@ class Setup:
 def setup(
     request: pytest.FixtureRequest, tmp_path: Path, broker_server: broker_peer.BrokerServer, ssh_server: SshServer
 ) -> Setup:
-    name = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name)[:40].strip("-")
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name)[:40].strip("-")
+    name = f"{slug}-{hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:8]}"
     folder = ssh_server.folder(name)
     key_file = tmp_path / "fernet.key"
     key = write_key(key_file)

@@ -14,15 +14,6 @@ from tests.peers.broker import NODE_KEYS, BrokerServer, zip_entries
 from tests.peers.sshd import PASSWORD, SshServer
 
 
-def variant(setup: Setup, old: str, new: str) -> Path:
-    path = setup.config.with_name("variant.toml")
-    text = setup.config.read_text()
-    assert old in text
-    path.write_text(text.replace(old, new))
-    path.chmod(0o600)
-    return path
-
-
 def test_check_reaches_both_peers_and_changes_nothing(setup: Setup, broker_server: BrokerServer) -> None:
     broker_server.create_request([setup.tag])
     done = setup.run("check")
@@ -41,13 +32,13 @@ def test_check_reaches_both_peers_and_changes_nothing(setup: Setup, broker_serve
 
 def test_login_with_a_private_key(setup: Setup, ssh_server: SshServer) -> None:
     ssh_server.client_key.chmod(0o600)
-    config = variant(setup, f'password = "{PASSWORD}"', f'private_key_file = "{ssh_server.client_key}"')
+    config = setup.variant(f'password = "{PASSWORD}"', f'private_key_file = "{ssh_server.client_key}"')
     done = setup.run("check", config=config)
     assert done.returncode == 0, done.stderr
 
 
 def test_wrong_password_is_a_config_error(setup: Setup) -> None:
-    done = setup.run("run", config=variant(setup, f'password = "{PASSWORD}"', 'password = "wrong-password"'))
+    done = setup.run("run", config=setup.variant(f'password = "{PASSWORD}"', 'password = "wrong-password"'))
     assert done.returncode == 78
     assert "rejected the login of 'aktinsftp'; check [sftp] password" in done.stderr
     assert "wrong-password" not in done.stderr
@@ -56,7 +47,7 @@ def test_wrong_password_is_a_config_error(setup: Setup) -> None:
 def test_unknown_or_changed_host_key_is_refused_and_never_learned(setup: Setup, ssh_server: SshServer, tmp_path: Path) -> None:
     empty = tmp_path / "empty_known_hosts"
     empty.write_text("")
-    done = setup.run("check", config=variant(setup, str(ssh_server.known_hosts), str(empty)))
+    done = setup.run("check", config=setup.variant(str(ssh_server.known_hosts), str(empty)))
     assert done.returncode == 78
     assert "is not in" in done.stderr and "add its verified host key" in done.stderr
     assert empty.read_text() == ""
@@ -65,7 +56,7 @@ def test_unknown_or_changed_host_key_is_refused_and_never_learned(setup: Setup, 
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
     changed = tmp_path / "changed_known_hosts"
     changed.write_text(f"[127.0.0.1]:{ssh_server.port} {' '.join(Path(f'{other}.pub').read_text().split()[:2])}\n")
-    done = setup.run("run", config=variant(setup, str(ssh_server.known_hosts), str(changed)))
+    done = setup.run("run", config=setup.variant(str(ssh_server.known_hosts), str(changed)))
     assert done.returncode == 78
     assert "presented a host key that differs" in done.stderr
     assert setup.remote_files() == []
@@ -73,25 +64,25 @@ def test_unknown_or_changed_host_key_is_refused_and_never_learned(setup: Setup, 
 
 def test_unreachable_peers_exit_69(setup: Setup, broker_server: BrokerServer, ssh_server: SshServer) -> None:
     port = free_port()
-    done = setup.run("run", config=variant(setup, broker_server.url, f"http://127.0.0.1:{port}"))
+    done = setup.run("run", config=setup.variant(broker_server.url, f"http://127.0.0.1:{port}"))
     assert done.returncode == 69
     assert f"broker at http://127.0.0.1:{port} is unreachable" in done.stderr
-    done = setup.run("check", config=variant(setup, f"port = {ssh_server.port}", f"port = {port}"))
+    done = setup.run("check", config=setup.variant(f"port = {ssh_server.port}", f"port = {port}"))
     assert done.returncode == 69
     assert f"SFTP server 127.0.0.1:{port} is unreachable" in done.stderr
 
 
 def test_a_node_key_instead_of_an_admin_key_is_a_config_error(setup: Setup) -> None:
-    done = setup.run("run", config=variant(setup, 'api_key = "xxxAdmin1234"', f'api_key = "{NODE_KEYS["Bergklinik"]}"'))
+    done = setup.run("run", config=setup.variant('api_key = "xxxAdmin1234"', f'api_key = "{NODE_KEYS["Bergklinik"]}"'))
     assert done.returncode == 78
     assert "broker refused the API key (HTTP 401)" in done.stderr
     assert NODE_KEYS["Bergklinik"] not in done.stderr
 
 
 def test_a_config_error_exits_78_before_any_network_call(setup: Setup) -> None:
-    done = setup.run("run", config=variant(setup, "timeout = 60", "timeout = 60\ncolour = 1"))
+    done = setup.run("run", config=setup.variant("timeout = 60", "timeout = 60\ncolour = 1"))
     assert done.returncode == 78
-    known = "api_key, api_key_file, ca_bundle, parallel, tag, timeout, url"
+    known = "api_key, api_key_file, ca_bundle, max_download_mib, parallel, tag, timeout, url"
     expected = f"ERROR: {setup.config.with_name('variant.toml')}: [broker] colour: unknown key (known: {known})"
     assert done.stderr.strip().splitlines() == [expected]
 

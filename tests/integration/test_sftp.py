@@ -51,7 +51,7 @@ def test_remove_reports_whether_the_file_was_there(ssh_server: SshServer, folder
 def test_private_key_login(ssh_server: SshServer, folder: Path) -> None:
     ssh_server.client_key.chmod(0o600)
     with Remote(settings(ssh_server, folder, password=None, private_key_file=ssh_server.client_key)) as remote:
-        remote.check_folder()
+        assert remote.listdir() == []
 
 
 def test_wrong_password(ssh_server: SshServer, folder: Path) -> None:

@@ -84,3 +84,24 @@ def test_save_is_private_and_leaves_no_temporary_file(tmp_path: Path) -> None:
     store.save({1: Entry(1, "1.0")})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["status.xml"]
     assert store.path.stat().st_mode & 0o077 == 0
+
+
+def test_damage_is_recovered_from_the_previous_save(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = StatusFile(tmp_path / "status.xml")
+    store.save({1: Entry(1, "1.0")})
+    store.save({1: Entry(1, "1.0"), 2: Entry(2, "0.5")})
+    store.path.write_bytes(b"<status><request-sta")
+    assert sorted(store.load()) == [1]
+    assert "continuing from the previous good copy" in caplog.text
+    store.path.unlink()
+    assert sorted(store.load()) == [1]
+
+
+def test_damage_in_both_copies_stops(tmp_path: Path) -> None:
+    store = StatusFile(tmp_path / "status.xml")
+    store.save({1: Entry(1, "1.0")})
+    store.save({1: Entry(1, "1.0")})
+    store.path.write_bytes(b"")
+    store.previous.write_bytes(b"garbage")
+    with pytest.raises(SyncError, match=r"status\.xml\.prev: status XML is unreadable"):
+        store.load()

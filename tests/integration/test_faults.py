@@ -1,0 +1,225 @@
+"""Faults and hostile input on either side: one clear line, the right exit code, nothing deleted
+that should stay, and the next run after the fault converges."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, Setup
+from tests.peers.broker import ADMIN_KEY, BrokerServer
+from tests.peers.faults import BrokerProxy, CuttingTcpProxy, Rule
+from tests.peers.sshd import PASSWORD, UID, SshServer
+
+NS = 'xmlns="http://aktin.org/ns/exchange"'
+HOSTILE_ID = f'<request-list {NS}><request id="1 or 1=1"/></request-list>'.encode()
+ENTITIES = f'<!DOCTYPE r [<!ENTITY a "aaaa">]><request-list {NS}><request id="1">&a;</request></request-list>'.encode()
+
+
+@pytest.fixture
+def proxy(broker_server: BrokerServer) -> Iterator[BrokerProxy]:
+    server = BrokerProxy(broker_server.port)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def delivered(setup: Setup, broker_server: BrokerServer) -> list[int]:
+    """Two requests already delivered, so that a fault could wrongly remove them."""
+    ids = [broker_server.create_request([setup.tag]) for _ in range(2)]
+    for request_id in ids:
+        broker_server.nodes["Schwarzwaldklinik"].submit(request_id, f"result {request_id}".encode())
+    assert setup.run("run").returncode == 0
+    return ids
+
+
+def expected_files(ids: list[int]) -> list[str]:
+    return sorted([f"export_{i}.zip" for i in ids] + ["status.xml"])
+
+
+def one_error_line(stderr: str) -> str:
+    errors = [line for line in stderr.splitlines() if line.startswith("ERROR:")]
+    assert len(errors) == 1, stderr
+    assert "Traceback" not in stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize(
+    ("rule", "code", "message"),
+    [
+        (Rule("GET", r"/broker/request/filtered", status=500), 69, "answered the listing of tagged requests with HTTP 500"),
+        (Rule("GET", r"/broker/request/filtered", status=200, body=b"<request-list"), 69, "malformed XML"),
+        (Rule("GET", r"/broker/request/filtered", truncate=30), 69, "the listing of tagged requests failed"),
+        (Rule("GET", r"/broker/request/\d+/status", status=200, body=b"<nope"), 69, "malformed XML"),
+        (Rule("GET", r"/broker/request/filtered", delay=4), 69, "did not answer the listing of tagged requests within 2 s"),
+        (Rule("GET", r"/broker/request/filtered", status=401), 78, "refused the API key (HTTP 401)"),
+        (Rule("GET", r"/broker/request/filtered", status=200, body=HOSTILE_ID), 1, "request id '1 or 1=1' that is not a plain"),
+        (Rule("GET", r"/broker/request/filtered", status=200, body=ENTITIES), 1, "DOCTYPE declaration; refused"),
+    ],
+    ids=["500", "malformed", "truncated", "status-malformed", "slow", "401", "hostile-id", "entities"],
+)
+def test_broker_faults_change_nothing_and_the_next_run_converges(
+    setup: Setup, broker_server: BrokerServer, proxy: BrokerProxy, delivered: list[int], rule: Rule, code: int, message: str
+) -> None:
+    proxied = setup.variant(broker_server.url, proxy.url).read_text().replace("timeout = 60", "timeout = 2")
+    setup.config.write_text(proxied)
+    newest = broker_server.create_request([setup.tag])
+    proxy.rules.append(rule)
+    failed = setup.run("run")
+    assert failed.returncode == code, failed.stderr
+    assert message in one_error_line(failed.stderr)
+    assert setup.remote_files() == expected_files(delivered)
+
+    proxy.rules.clear()
+    done = setup.run("run")
+    assert done.returncode == 0, done.stderr
+    assert setup.remote_files() == expected_files([*delivered, newest])
+
+
+def test_transient_errors_are_retried(setup: Setup, broker_server: BrokerServer, proxy: BrokerProxy) -> None:
+    setup.config.write_text(setup.variant(broker_server.url, proxy.url).read_text())
+    request_id = broker_server.create_request([setup.tag])
+    proxy.rules += [Rule("GET", r"/broker/request/filtered", status=503, times=2),
+                    Rule("POST", r"/broker/export/", status=502, times=1)]
+    done = setup.run("run")
+    assert done.returncode == 0, done.stderr
+    assert setup.remote_files() == expected_files([request_id])
+    assert sum("filtered" in seen for seen in proxy.seen) == 3
+
+
+def test_one_failing_export_does_not_stop_the_others(setup: Setup, broker_server: BrokerServer, proxy: BrokerProxy) -> None:
+    setup.config.write_text(setup.variant(broker_server.url, proxy.url).read_text())
+    ids = [broker_server.create_request([setup.tag]) for _ in range(3)]
+    proxy.rules.append(Rule("POST", rf"/broker/export/request-bundle/{ids[1]}$", status=500))
+    failed = setup.run("run")
+    assert failed.returncode == 1
+    assert f"broker answered the export of request {ids[1]} with HTTP 500" in failed.stderr
+    assert setup.remote_files() == expected_files([ids[0], ids[2]])
+    proxy.rules.clear()
+    assert setup.run("run").returncode == 0
+    assert setup.remote_files() == expected_files(ids)
+
+
+@pytest.mark.parametrize("fault", ["truncated", "too-large"])
+def test_broken_or_oversized_download(setup: Setup, broker_server: BrokerServer, proxy: BrokerProxy, fault: str) -> None:
+    config = setup.variant(broker_server.url, proxy.url).read_text()
+    if fault == "too-large":
+        config = config.replace("timeout = 60", "timeout = 60\nmax_download_mib = 1")
+    setup.config.write_text(config)
+    request_id = broker_server.create_request([setup.tag])
+    broker_server.nodes["Bergklinik"].submit(request_id, os.urandom(3 << 20), "application/octet-stream")
+    if fault == "truncated":
+        proxy.rules.append(Rule("GET", r"/broker/download/", truncate=100_000))
+    failed = setup.run("run")
+    assert failed.returncode == 1
+    assert ("broke off after" if fault == "truncated" else "more than [broker] max_download_mib") in failed.stderr
+    assert setup.remote_files() == ["status.xml"]
+    assert list((setup.state_dir / "work").iterdir()) == []
+    if fault == "too-large":
+        setup.config.write_text(config.replace("max_download_mib = 1", "max_download_mib = 8"))
+    proxy.rules.clear()
+    assert setup.run("run").returncode == 0
+    assert setup.remote_files() == expected_files([request_id])
+
+
+def test_connection_cut_mid_upload(setup: Setup, broker_server: BrokerServer, ssh_server: SshServer) -> None:
+    request_id = broker_server.create_request([setup.tag])
+    broker_server.nodes["Bergklinik"].submit(request_id, os.urandom(4 << 20), "application/octet-stream")
+    cutter = CuttingTcpProxy(ssh_server.port, cut_after=1 << 20)
+    try:
+        known_hosts = setup.config.parent / "cut_known_hosts"
+        known_hosts.write_text(ssh_server.known_hosts.read_text().replace(f"]:{ssh_server.port} ", f"]:{cutter.port} "))
+        config = setup.variant(f"port = {ssh_server.port}", f"port = {cutter.port}")
+        config.write_text(config.read_text().replace(str(ssh_server.known_hosts), str(known_hosts)))
+        failed = setup.run("run", config=config)
+    finally:
+        cutter.stop()
+    assert failed.returncode == 69, failed.stderr
+    assert "the SFTP connection was lost" in one_error_line(failed.stderr)
+    assert [name for name in setup.remote_files() if not name.startswith(".")] == []
+    assert setup.run("run").returncode == 0
+    assert setup.remote_files() == expected_files([request_id])
+
+
+def in_sshd_namespace(ssh_server: SshServer, *command: str) -> None:
+    subprocess.run(["nsenter", "-t", str(ssh_server.process.pid), "-m", "--", *command], check=True)
+
+
+def test_remote_disk_full(setup: Setup, broker_server: BrokerServer, ssh_server: SshServer, delivered: list[int]) -> None:
+    inside = f"/run/sftp/chroot{setup.remote_folder}"
+    in_sshd_namespace(ssh_server, "mount", "-t", "tmpfs", "-o", f"size=1m,uid={UID},gid={UID},mode=755", "tmpfs", inside)
+    try:
+        request_id = broker_server.create_request([setup.tag])
+        broker_server.nodes["Bergklinik"].submit(request_id, os.urandom(3 << 20), "application/octet-stream")
+        failed = setup.run("run")
+    finally:
+        in_sshd_namespace(ssh_server, "umount", inside)
+    assert failed.returncode == 1
+    assert f"upload of {setup.remote_folder}/export_{request_id}.zip failed" in one_error_line(failed.stderr)
+    assert setup.remote_files() == expected_files(delivered)
+    assert setup.run("run").returncode == 0
+    assert setup.remote_files() == expected_files([*delivered, request_id])
+
+
+def test_local_disk_full(setup: Setup, broker_server: BrokerServer) -> None:
+    setup.state_dir.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=700", "tmpfs", str(setup.state_dir)], check=True)
+    try:
+        small = broker_server.create_request([setup.tag])
+        assert setup.run("run").returncode == 0
+        big = broker_server.create_request([setup.tag])
+        broker_server.nodes["Bergklinik"].submit(big, os.urandom(3 << 20), "application/octet-stream")
+        failed = setup.run("run")
+        assert failed.returncode == 1
+        assert "No space left on device" in one_error_line(failed.stderr)
+        assert setup.remote_files() == expected_files([small])
+        subprocess.run(["mount", "-o", "remount,size=64m", str(setup.state_dir)], check=True)
+        assert setup.run("run").returncode == 0
+        assert setup.remote_files() == expected_files([small, big])
+    finally:
+        subprocess.run(["umount", str(setup.state_dir)], check=True)
+
+
+def test_damaged_status_xml_is_recovered_from_the_previous_copy_or_stops(
+    setup: Setup, broker_server: BrokerServer, delivered: list[int]
+) -> None:
+    newest = broker_server.create_request([setup.tag])
+    assert setup.run("run").returncode == 0
+    status = setup.state_dir / "status.xml"
+    status.write_bytes(status.read_bytes()[:40])
+    done = setup.run("run")
+    assert done.returncode == 0, done.stderr
+    assert "continuing from the previous good copy" in done.stderr
+    assert setup.remote_files() == expected_files([*delivered, newest])
+
+    status.write_bytes(b"")
+    (setup.state_dir / "status.xml.prev").write_bytes(b"<status><request-status>")
+    before = {name: (setup.folder / name).read_bytes() for name in setup.remote_files()}
+    failed = setup.run("run")
+    assert failed.returncode == 1
+    assert "status XML is unreadable" in one_error_line(failed.stderr)
+    assert {name: (setup.folder / name).read_bytes() for name in setup.remote_files()} == before
+
+
+def test_no_secret_reaches_output_state_remote_or_environment(setup: Setup, broker_server: BrokerServer) -> None:
+    request_id = broker_server.create_request([setup.tag])
+    broker_server.nodes["Bergklinik"].submit(request_id, b"result")
+    secrets = [ADMIN_KEY, setup.key.decode(), PASSWORD]
+    process = subprocess.Popen(
+        [*setup.command(), "-v", "run"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT
+    )
+    environ = Path(f"/proc/{process.pid}/environ").read_bytes()
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    written = [stdout, stderr, environ]
+    written += [p.read_bytes() for p in setup.state_dir.rglob("*") if p.is_file()]
+    written += [(setup.folder / "status.xml").read_bytes()]
+    for secret in secrets:
+        assert all(secret.encode() not in blob for blob in written), secret
+    assert (setup.state_dir.stat().st_mode & 0o077) == 0
+    assert all(p.stat().st_mode & 0o077 == 0 for p in setup.state_dir.rglob("*"))
+

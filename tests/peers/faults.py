@@ -1,0 +1,143 @@
+"""Fault injection in front of the real peers: an HTTP proxy before the broker and a TCP proxy
+before sshd. Everything they do not break is answered by the real server behind them."""
+
+from __future__ import annotations
+
+import http.client
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from socketserver import BaseRequestHandler, ThreadingTCPServer
+
+
+@dataclass
+class Rule:
+    """For requests whose method and path match: answer `status` with `body`, or forward and
+    cut the answer to `truncate` bytes, or forward after `delay` seconds."""
+
+    method: str
+    path: str
+    status: int | None = None
+    body: bytes = b""
+    truncate: int | None = None
+    delay: float = 0.0
+    content_type: str = "application/xml"
+    times: int = 1_000_000
+
+    def take(self, method: str, path: str) -> bool:
+        if self.method != method or not re.search(self.path, path) or self.times <= 0:
+            return False
+        self.times -= 1
+        return True
+
+
+class BrokerProxy:
+    def __init__(self, broker_port: int) -> None:
+        self.rules: list[Rule] = []
+        self.seen: list[str] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def handle_any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                proxy.seen.append(f"{self.command} {self.path}")
+                rule = next((r for r in proxy.rules if r.take(self.command, self.path)), None)
+                if rule and rule.delay:
+                    time.sleep(rule.delay)
+                if rule and rule.status is not None:
+                    self.answer(rule.status, rule.body, rule.content_type)
+                    return
+                upstream = http.client.HTTPConnection("127.0.0.1", broker_port, timeout=120)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                upstream.request(self.command, self.path, body=body, headers=headers)
+                response = upstream.getresponse()
+                data = response.read()
+                upstream.close()
+                if rule and rule.truncate is not None:
+                    # Promise the whole answer, send part of it, and hang up.
+                    self.send_response(response.status)
+                    for key, value in response.getheaders():
+                        if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                            self.send_header(key, value)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data[: rule.truncate])
+                    self.close_connection = True
+                    return
+                self.answer(response.status, data, response.getheader("Content-Type") or "", response.getheaders())
+
+            def answer(
+                self, status: int, data: bytes, content_type: str, headers: list[tuple[str, str]] | None = None
+            ) -> None:
+                self.send_response(status)
+                for key, value in headers or []:
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length", "content-type"):
+                        self.send_header(key, value)
+                if content_type:
+                    self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = handle_any
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class CuttingTcpProxy:
+    """Forwards TCP to `port`; after `cut_after` bytes from the client it drops the connection."""
+
+    def __init__(self, port: int, cut_after: int) -> None:
+        class Handler(BaseRequestHandler):
+            def handle(self) -> None:
+                upstream = socket.create_connection(("127.0.0.1", port))
+                client: socket.socket = self.request
+                budget = [cut_after]
+
+                def pump(source: socket.socket, target: socket.socket, counted: bool) -> None:
+                    try:
+                        while data := source.recv(65536):
+                            if counted:
+                                budget[0] -= len(data)
+                                if budget[0] < 0:
+                                    break
+                            target.sendall(data)
+                    except OSError:
+                        pass
+                    for end in (source, target):
+                        try:
+                            end.shutdown(socket.SHUT_RDWR)
+                        except OSError:
+                            pass
+
+                back = threading.Thread(target=pump, args=(upstream, client, False), daemon=True)
+                back.start()
+                pump(client, upstream, True)
+                back.join(5)
+                upstream.close()
+
+        self.server = ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
