@@ -223,3 +223,39 @@ def test_no_secret_reaches_output_state_remote_or_environment(setup: Setup, brok
     assert (setup.state_dir.stat().st_mode & 0o077) == 0
     assert all(p.stat().st_mode & 0o077 == 0 for p in setup.state_dir.rglob("*"))
 
+
+
+def test_tls_to_the_broker_is_verified_with_the_configured_ca(setup: Setup, broker_server: BrokerServer, tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    proxy = BrokerProxy(broker_server.port, tls=(cert, key))
+    try:
+        request_id = broker_server.create_request([setup.tag])
+        setup.config.write_text(setup.variant(broker_server.url, proxy.url).read_text())
+        failed = setup.run("run")
+        assert failed.returncode == 69
+        assert "TLS to the broker" in one_error_line(failed.stderr) and "check [broker] ca_bundle" in failed.stderr
+        assert setup.remote_files() == []
+        setup.config.write_text(setup.config.read_text().replace("timeout = 60", f'timeout = 60\nca_bundle = "{cert}"'))
+        done = setup.run("run")
+        assert done.returncode == 0, done.stderr
+        assert setup.remote_files() == expected_files([request_id])
+    finally:
+        proxy.stop()
+
+
+def test_two_runs_at_once_never_both_deliver(setup: Setup, broker_server: BrokerServer) -> None:
+    ids = [broker_server.create_request([setup.tag]) for _ in range(4)]
+    for request_id in ids:
+        broker_server.nodes["Bergklinik"].submit(request_id, os.urandom(1 << 20), "application/octet-stream")
+    runs = [subprocess.Popen([*setup.command(), "run"], stderr=subprocess.PIPE, text=True, cwd=ROOT) for _ in range(2)]
+    outputs = [run.communicate(timeout=120)[1] for run in runs]
+    codes = sorted(run.returncode for run in runs)
+    assert codes in ([0, 0], [0, 75]), outputs
+    deliveries = [line for out in outputs for line in out.splitlines() if "delivered request" in line]
+    assert len(deliveries) == len(ids), outputs
+    assert setup.remote_files() == expected_files(ids)

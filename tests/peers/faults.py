@@ -6,10 +6,12 @@ from __future__ import annotations
 import http.client
 import re
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from socketserver import BaseRequestHandler, ThreadingTCPServer
 
 
@@ -35,7 +37,9 @@ class Rule:
 
 
 class BrokerProxy:
-    def __init__(self, broker_port: int) -> None:
+    """With `tls` (certificate and key files) it serves HTTPS, as a reverse proxy would."""
+
+    def __init__(self, broker_port: int, tls: tuple[Path, Path] | None = None) -> None:
         self.rules: list[Rule] = []
         self.seen: list[str] = []
         proxy = self
@@ -92,7 +96,13 @@ class BrokerProxy:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        scheme = "http"
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
