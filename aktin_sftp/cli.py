@@ -73,8 +73,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    handler = journal_handler()
+    if handler is None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -82,6 +84,24 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("paramiko").setLevel(logging.WARNING)
     # urllib3 announces each retry with the whole URL; the final outcome is what we log.
     logging.getLogger("urllib3").setLevel(logging.ERROR)
+
+
+def journal_handler() -> logging.Handler | None:
+    """The journal's own handler when stderr is connected to the journal (systemd says so in
+    JOURNAL_STREAM) and python3-systemd is installed; otherwise None, and plain stderr lines."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        stat = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return None
+    if stream != f"{stat.st_dev}:{stat.st_ino}":
+        return None
+    try:
+        from systemd.journal import JournalHandler  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    handler: logging.Handler = JournalHandler(SYSLOG_IDENTIFIER="aktin-broker-sftp")
+    return handler
 
 
 def _run(args: argparse.Namespace) -> None:

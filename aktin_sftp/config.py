@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import stat
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +17,10 @@ from typing import Any
 from aktin_sftp.crypto import InvalidKeyError, load_key
 from aktin_sftp.errors import ConfigError
 
-if sys.version_info >= (3, 11):
+try:
     import tomllib
-else:
-    import tomli as tomllib
+except ModuleNotFoundError:  # Python 3.10 (Ubuntu 22.04): python3-tomli
+    import tomli as tomllib  # type: ignore[no-redef]
 
 DEFAULT_PATH = Path("/etc/aktin/sftp.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/aktin/sftp")

@@ -18,6 +18,10 @@ from tests.peers.sshd import SshServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
+if os.environ.get("AKTIN_SFTP_HIDE_TOMLLIB"):
+    # Runs the suite as on Python 3.10, which has no tomllib and uses tomli instead.
+    sys.modules["tomllib"] = None  # type: ignore[assignment]
+
 
 @pytest.fixture(scope="session")
 def broker_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[broker_peer.BrokerServer]:

@@ -163,3 +163,17 @@ def test_upstream_mistakes_are_named_in_upstream_terms(files: Path) -> None:
         config.load(write(files, UPSTREAM.replace("[SFTP]", '[SFTP]\nCOLOUR = "x"')))
     with pytest.raises(ConfigError, match=r"REQUESTS.TAG: 'a b' is not allowed"):
         config.load(write(files, UPSTREAM.replace('TAG = "rki"', 'TAG = "a b"')))
+
+
+def test_without_tomllib_tomli_reads_the_config(files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tomllib", None)
+    reloaded = importlib.reload(config)
+    try:
+        assert reloaded.tomllib.__name__ == "tomli"
+        assert reloaded.load(write(files, ours(files))).broker.tag == "rki"
+    finally:
+        monkeypatch.undo()
+        importlib.reload(config)
