@@ -6,9 +6,11 @@ VENV        ?= .venv
 CACHE       ?= $(HOME)/.cache/aktin-broker-sftp
 BROKER_VERSION = 1.5.1
 BROKER_LIB  ?= $(CACHE)/broker-$(BROKER_VERSION)/lib
-APT_PACKAGES = openssh-server openssh-client openssl default-jre-headless maven python3-venv util-linux
+APT_PACKAGES = openssh-server openssh-client openssl default-jre-headless maven python3-venv util-linux \
+	dpkg-dev debhelper dh-python python3-all pybuild-plugin-pyproject python3-setuptools python3-wheel \
+	lintian debootstrap systemd-container
 
-.PHONY: test demo bench lint unit deps broker-jars clean
+.PHONY: test demo bench deb lint unit deps broker-jars clean
 
 test: deps $(VENV)/.ready broker-jars lint
 	$(VENV)/bin/pytest -ra tests
@@ -26,6 +28,12 @@ demo: deps $(VENV)/.ready broker-jars
 # Prints the performance table; BENCH_ARGS=--full for the full sizes (1 GiB bundles).
 bench: deps $(VENV)/.ready broker-jars
 	$(VENV)/bin/python -m tests.bench $(BENCH_ARGS)
+
+# The Debian package, built from a copy of the tree with Debian's own python3 on PATH.
+deb: deps
+	rm -rf build/deb
+	/usr/bin/python3 -m tests.peers.package build/deb
+	lintian --allow-root --fail-on error,warning build/deb/*.deb
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \

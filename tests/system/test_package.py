@@ -1,0 +1,183 @@
+"""The operator's life cycle of the Debian package in a booted Debian 12 with systemd as PID 1:
+apt install, systemctl, journalctl, upgrade, purge. The tests run in file order, each phase on
+the system the previous one left."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+
+from aktin_sftp import events
+from tests.conftest import ROOT
+from tests.peers import package
+from tests.peers.broker import ADMIN_KEY, BrokerServer
+from tests.peers.client import write_key
+from tests.peers.container import Container
+from tests.peers.sshd import PASSWORD, USER, SshServer
+
+SERVICE = "aktin-broker-sftp.service"
+TIMER = "aktin-broker-sftp.timer"
+APT = ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q", "-o", "Dpkg::Options::=--force-confold"]
+
+
+@pytest.fixture(scope="module")
+def debs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    if not shutil.which("dpkg-buildpackage"):
+        pytest.skip("dpkg-buildpackage is missing ('make test' installs it)")
+    return package.build(tmp_path_factory.mktemp("deb")), package.build(tmp_path_factory.mktemp("deb-next"), "99.0.0")
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory, debs: tuple[Path, Path]) -> Iterator[Container]:
+    if os.geteuid() != 0 or not shutil.which("systemd-nspawn") or not shutil.which("debootstrap"):
+        pytest.skip("needs root, systemd-nspawn and debootstrap ('make test' installs them)")
+    container = Container(tmp_path_factory.mktemp("container"))
+    packages = container.path("/srv/packages")
+    packages.mkdir()
+    for deb in debs:
+        shutil.copy(deb, packages)
+    yield container
+    container.stop()
+
+
+def unit(system: Container, name: str, *properties: str) -> dict[str, str]:
+    shown = system.run("systemctl", "show", name, *(f"--property={p}" for p in properties)).stdout
+    return dict(line.split("=", 1) for line in shown.splitlines())
+
+
+def journal(system: Container) -> list[dict[str, str]]:
+    lines = system.run("journalctl", "-u", "aktin-broker-sftp", "-o", "json", "--no-pager").stdout.splitlines()
+    return [entry for entry in map(json.loads, lines) if entry.get("SYSLOG_IDENTIFIER") == "aktin-broker-sftp"]
+
+
+def configure(example: str, settings: dict[str, str]) -> str:
+    """Uncomments and sets keys in the shipped example, as an operator would."""
+    lines = example.splitlines()
+    for key, value in settings.items():
+        index = next(i for i, line in enumerate(lines) if line.startswith(f"#{key} = "))
+        lines[index] = f"{key} = {value}"
+    return "\n".join(lines) + "\n"
+
+
+def test_lintian_has_no_errors_or_warnings(debs: tuple[Path, Path]) -> None:
+    if not shutil.which("lintian"):
+        pytest.skip("lintian is missing ('make test' installs it)")
+    done = subprocess.run(["lintian", "--allow-root", "--fail-on", "error,warning", str(debs[0])], capture_output=True, text=True)
+    assert done.returncode == 0 and not [line for line in done.stdout.splitlines() if line[:2] in ("E:", "W:")], done.stdout
+
+
+def test_install_enables_only_the_timer(system: Container, debs: tuple[Path, Path]) -> None:
+    system.run(*APT, f"/srv/packages/{debs[0].name}")
+    assert system.run("systemctl", "is-enabled", TIMER).stdout.strip() == "enabled"
+    assert system.run("systemctl", "is-active", TIMER).stdout.strip() == "active"
+    assert TIMER in system.run("systemctl", "list-timers", "--all").stdout
+    assert unit(system, SERVICE, "ExecMainStartTimestampMonotonic")["ExecMainStartTimestampMonotonic"] == "0"
+    assert system.run("systemctl", "is-enabled", SERVICE, check=False).stdout.strip() == "static"
+    assert "aktin-sftp" in system.run("id", "aktin-sftp").stdout
+    assert system.run("stat", "-c", "%U:%G %a", "/etc/aktin/sftp.toml").stdout.split() == ["root:aktin-sftp", "640"]
+    verify = system.run("systemd-analyze", "verify", SERVICE, TIMER, check=False)
+    assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
+    security = system.run("systemd-analyze", "security", "--no-pager", SERVICE).stdout
+    exposure = float(security.rsplit("Overall exposure level for aktin-broker-sftp.service:", 1)[1].split()[0])
+    assert exposure <= 2.0, security
+    manual = " ".join(system.run("man", "-P", "cat", "aktin-broker-sftp").stdout.split())
+    assert "aktin-broker-sftp - deliver tagged AKTIN Broker results" in manual
+
+
+def test_unconfigured_run_fails_with_78_and_one_clear_journal_line(system: Container) -> None:
+    assert system.run("systemctl", "start", SERVICE, check=False).returncode != 0
+    assert unit(system, SERVICE, "Result", "ExecMainStatus") == {"Result": "exit-code", "ExecMainStatus": "78"}
+    entries = journal(system)
+    assert [e["MESSAGE"] for e in entries] == ["/etc/aktin/sftp.toml: [broker] url: missing"]
+    assert entries[0]["MESSAGE_ID"] == events.RUN_FAILED and entries[0]["PRIORITY"] == "3"
+
+
+def test_the_unit_tests_pass_on_the_system_python_without_tomllib(system: Container) -> None:
+    """Python 3.10 (Ubuntu 22.04) has no tomllib; the installed package then uses python3-tomli."""
+    shutil.copytree(ROOT / "tests", system.path("/srv/suite/tests"), ignore=shutil.ignore_patterns("__pycache__"))
+    done = system.run(
+        "sh", "-c", "cd /srv/suite && AKTIN_SFTP_HIDE_TOMLLIB=1 python3 -m pytest -q -p no:cacheprovider tests/unit", check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert " passed" in done.stdout
+    located = system.run("python3", "-c", "import aktin_sftp; print(aktin_sftp.__file__)").stdout
+    assert located.startswith("/usr/lib/python3/dist-packages/")
+
+
+def test_a_delivery_under_systemd(system: Container, broker_server: BrokerServer, ssh_server: SshServer) -> None:
+    tag = "systemd-delivery"
+    ids = [broker_server.create_request([tag]) for _ in range(2)]
+    for request_id in ids:
+        broker_server.nodes["Sachsenklinik"].submit(request_id, f"result {request_id}".encode())
+    folder = ssh_server.folder("systemd-delivery")
+    etc = system.path("/etc/aktin")
+    key = write_key(etc / "sftp-fernet.key")
+    (etc / "sftp-broker-api-key").write_text(ADMIN_KEY + "\n")
+    (etc / "sftp-password").write_text(PASSWORD + "\n")
+    shutil.copy(ssh_server.known_hosts, etc / "sftp-known_hosts")
+    settings = {
+        "url": f'"{broker_server.url}"', "api_key_file": '"/etc/aktin/sftp-broker-api-key"', "tag": f'"{tag}"',
+        "host": '"127.0.0.1"', "port": str(ssh_server.port), "username": f'"{USER}"',
+        "password_file": '"/etc/aktin/sftp-password"', "known_hosts": '"/etc/aktin/sftp-known_hosts"',
+        "folder": f'"{SshServer.remote(folder)}"', "key_file": '"/etc/aktin/sftp-fernet.key"',
+    }
+    config = configure((etc / "sftp.toml").read_text(), settings)
+    (etc / "sftp.toml").write_text(config)
+    for name in ("sftp-fernet.key", "sftp-broker-api-key", "sftp-password"):
+        system.run("chown", "root:aktin-sftp", f"/etc/aktin/{name}")
+        system.run("chmod", "0640", f"/etc/aktin/{name}")
+
+    started = system.run("systemctl", "start", SERVICE, check=False)
+    assert started.returncode == 0, [e["MESSAGE"] for e in journal(system)]
+    assert unit(system, SERVICE, "Result")["Result"] == "success"
+    assert sorted(p.name for p in folder.iterdir()) == sorted([f"export_{i}.zip" for i in ids] + ["status.xml"])
+    for request_id in ids:
+        assert Fernet(key).decrypt((folder / f"export_{request_id}.zip").read_bytes())[:2] == b"PK"
+    status = system.run("cat", "/var/lib/aktin/sftp/status.xml").stdout
+    assert all(f"<id>{i}</id>" in status for i in ids)
+    assert system.run("stat", "-c", "%U %a", "/var/lib/aktin/sftp").stdout.split() == ["aktin-sftp", "700"]
+    shown = system.run("systemctl", "status", "--no-pager", SERVICE, check=False).stdout
+    assert "status=0/SUCCESS" in shown and "run finished: 2 delivered" in shown
+
+    entries = journal(system)
+    delivered = [e for e in entries if e.get("MESSAGE_ID") == events.DELIVERED]
+    assert sorted(int(e["REQUEST_ID"]) for e in delivered) == ids
+    assert all(e["REMOTE_PATH"].endswith(f"export_{e['REQUEST_ID']}.zip") and int(e["BYTES"]) > 0 for e in delivered)
+    assert any(e.get("MESSAGE_ID") == events.RUN_FINISHED for e in entries)
+    text = json.dumps(entries)
+    assert ADMIN_KEY not in text and PASSWORD not in text and key.decode() not in text
+
+
+def test_upgrade_keeps_the_edited_conffile_and_the_state(system: Container, debs: tuple[Path, Path]) -> None:
+    state = system.path("/var/lib/aktin/sftp")
+    if not (state / "status.xml").exists():
+        system.run("install", "-d", "-o", "aktin-sftp", "-m", "700", "/var/lib/aktin/sftp")
+        (state / "status.xml").write_text("<status />\n")
+    conffile = system.path("/etc/aktin/sftp.toml")
+    conffile.write_text(conffile.read_text() + "# edited by the operator\n")
+    edited, status = conffile.read_text(), (state / "status.xml").read_bytes()
+    before = unit(system, SERVICE, "ExecMainStartTimestampMonotonic")
+
+    system.run(*APT, f"/srv/packages/{debs[1].name}")
+    assert "99.0.0" in system.run("dpkg-query", "-W", "aktin-broker-sftp").stdout
+    assert conffile.read_text() == edited
+    assert (state / "status.xml").read_bytes() == status
+    assert system.run("systemctl", "is-enabled", TIMER).stdout.strip() == "enabled"
+    assert unit(system, SERVICE, "ExecMainStartTimestampMonotonic") == before
+
+
+def test_remove_keeps_state_and_purge_removes_it_but_keeps_the_user(system: Container) -> None:
+    state = system.path("/var/lib/aktin/sftp/status.xml")
+    system.run("env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "remove", "-y", "-q", "aktin-broker-sftp")
+    assert state.exists()
+    system.run("env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "purge", "-y", "-q", "aktin-broker-sftp")
+    assert not system.path("/var/lib/aktin/sftp").exists()
+    assert not system.path("/etc/aktin/sftp.toml").exists()
+    assert "aktin-sftp" in system.run("id", "aktin-sftp").stdout
