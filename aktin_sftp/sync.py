@@ -38,15 +38,14 @@ class Outcome:
 
 
 def run(config: Config, dry_run: bool = False, show: Callable[[str], None] = print) -> Outcome:
-    state_dir = config.state_dir
     if dry_run:
-        entries = StatusFile(state_dir / STATUS_NAME).load()
-        plan = _plan(config, entries)
-        _show_plan(plan, show)
+        entries = StatusFile(config.state_dir / STATUS_NAME).load()
+        with Broker(config.broker) as broker:
+            _show_plan(make_plan(observe(broker, config.broker.tag).values(), entries, config.max_delete), show)
         return Outcome()
-    _prepare(state_dir)
-    with exclusive(state_dir / "lock"):
-        store = StatusFile(state_dir / STATUS_NAME)
+    _prepare(config.state_dir)
+    with exclusive(config.state_dir / "lock"):
+        store = StatusFile(config.state_dir / STATUS_NAME)
         entries = store.load()
         key = crypto.load_key(config.key_file)
         with Broker(config.broker) as broker:
@@ -56,51 +55,13 @@ def run(config: Config, dry_run: bool = False, show: Callable[[str], None] = pri
                 "plan: %d to deliver, %d to remove, %d unchanged",
                 len(plan.deliver), len(plan.remove), len(plan.unchanged),
             )
-            outcome = Outcome()
             with Remote(config.sftp) as remote:
                 remote.remove_partials()
-                work = _clean_work_dir(state_dir)
-                for request_id, reason in plan.deliver:
-                    started = time.monotonic()
-                    try:
-                        size = deliver(broker, remote, key, work, request_id)
-                    except RequestFailed as exc:
-                        log.error("request %d not delivered: %s", request_id, exc, extra={"REQUEST_ID": request_id})
-                        outcome.failed.append(str(exc))
-                        continue
-                    seconds = time.monotonic() - started
-                    _record_delivery(entries, observed[request_id], reason, size, seconds, remote.path(result_name(request_id)))
-                    store.save(entries)
-                    outcome.delivered.append(request_id)
-                    checkpoint("delivered")
-                for request_id in plan.remove:
-                    path = remote.path(result_name(request_id))
-                    existed = remote.remove(result_name(request_id))
-                    entries[request_id].deleted = now()
-                    store.save(entries)
-                    outcome.removed.append(request_id)
-                    log.info(
-                        "removed request %d: %s (gone from the broker%s)",
-                        request_id, path, "" if existed else "; the file was already absent",
-                        extra={"MESSAGE_ID": events.REMOVED, "REQUEST_ID": request_id, "REMOTE_PATH": path},
-                    )
-                # Saved once more so that a first run without deliveries has a file to upload too.
-                store.save(entries)
-                remote.upload(store.path, STATUS_NAME)
-    if plan.held_back:
-        outcome.failed.append(
-            f"{len(plan.held_back)} requests are gone from the broker listing (ids {_ids(plan.held_back)}), "
-            f"more than [state] max_delete = {config.max_delete}; nothing was removed. If that is intended, "
-            "raise max_delete for one run"
-        )
-    if outcome.failed:
-        raise SyncError("; ".join(outcome.failed))
-    log.info(
-        "run finished: %d delivered, %d removed, %d unchanged",
-        len(outcome.delivered), len(outcome.removed), len(plan.unchanged),
-        extra={"MESSAGE_ID": events.RUN_FINISHED},
-    )
-    return outcome
+                delivery = _Delivery(broker, remote, store, entries, key, _clean_work_dir(config.state_dir))
+                delivery.deliver_all(plan.deliver, observed)
+                delivery.remove_all(plan.remove)
+                delivery.publish_status()
+    return _finish(delivery.outcome, plan, config.max_delete)
 
 
 def observe(broker: Broker, tag: str) -> dict[int, Observed]:
@@ -124,28 +85,90 @@ def deliver(broker: Broker, remote: Remote, key: bytes, work: Path, request_id: 
         token.unlink(missing_ok=True)
 
 
-def _record_delivery(
-    entries: dict[int, Entry], request: Observed, reason: Reason, size: int, seconds: float, remote_path: str
-) -> None:
-    entry = entries.setdefault(request.id, Entry(request.id, request.completion))
-    entry.delivered(request.completion, request.fingerprint, now())
-    first = reason is Reason.NEW
+class _Delivery:
+    """Steps 4 to 6 of a run, recording each delivery and removal as soon as it is done."""
+
+    def __init__(
+        self, broker: Broker, remote: Remote, store: StatusFile, entries: dict[int, Entry], key: bytes, work: Path
+    ) -> None:
+        self.broker = broker
+        self.remote = remote
+        self.store = store
+        self.entries = entries
+        self.key = key
+        self.work = work
+        self.outcome = Outcome()
+
+    def deliver_all(self, due: tuple[tuple[int, Reason], ...], observed: dict[int, Observed]) -> None:
+        for request_id, reason in due:
+            started = time.monotonic()
+            try:
+                size = deliver(self.broker, self.remote, self.key, self.work, request_id)
+            except RequestFailed as exc:
+                log.warning("request %d not delivered, the next run tries again: %s", request_id, exc,
+                            extra={"REQUEST_ID": request_id})
+                self.outcome.failed.append(str(exc))
+                continue
+            request = observed[request_id]
+            self.entries.setdefault(request_id, Entry(request_id, request.completion)).delivered(
+                request.completion, request.fingerprint, now()
+            )
+            self.store.save(self.entries)
+            self.outcome.delivered.append(request_id)
+            self._log_delivery(request, reason, size, time.monotonic() - started)
+            checkpoint("delivered")
+
+    def remove_all(self, gone: tuple[int, ...]) -> None:
+        for request_id in gone:
+            path = self.remote.path(result_name(request_id))
+            existed = self.remote.remove(result_name(request_id))
+            self.entries[request_id].deleted = now()
+            self.store.save(self.entries)
+            self.outcome.removed.append(request_id)
+            log.info(
+                "removed request %d: %s (gone from the broker%s)",
+                request_id, path, "" if existed else "; the file was already absent",
+                extra={"MESSAGE_ID": events.REMOVED, "REQUEST_ID": request_id, "REMOTE_PATH": path},
+            )
+
+    def publish_status(self) -> None:
+        # Saved once more so that a first run without deliveries has a file to upload too.
+        self.store.save(self.entries)
+        self.remote.upload(self.store.path, STATUS_NAME)
+
+    def _log_delivery(self, request: Observed, reason: Reason, size: int, seconds: float) -> None:
+        first = reason is Reason.NEW
+        path = self.remote.path(result_name(request.id))
+        log.info(
+            "%s request %d (%s, completion %s): %s, %d bytes in %.1f s",
+            "delivered" if first else "re-delivered", request.id, reason.value, request.completion, path, size, seconds,
+            extra={
+                "MESSAGE_ID": events.DELIVERED if first else events.REDELIVERED,
+                "REQUEST_ID": request.id,
+                "REMOTE_PATH": path,
+                "BYTES": size,
+                "DURATION_SECONDS": f"{seconds:.3f}",
+            },
+        )
+
+
+def _finish(outcome: Outcome, plan: Plan, max_delete: int) -> Outcome:
+    """Step 7: exit 0 only when everything succeeded."""
+    failed = list(outcome.failed)
+    if plan.held_back:
+        failed.append(
+            f"{len(plan.held_back)} requests are gone from the broker listing (ids {_ids(plan.held_back)}), "
+            f"more than [state] max_delete = {max_delete}; nothing was removed. If that is intended, "
+            "raise max_delete for one run"
+        )
+    if failed:
+        raise SyncError("; ".join(failed))
     log.info(
-        "%s request %d (%s, completion %s): %s, %d bytes in %.1f s",
-        "delivered" if first else "re-delivered", request.id, reason.value, request.completion, remote_path, size, seconds,
-        extra={
-            "MESSAGE_ID": events.DELIVERED if first else events.REDELIVERED,
-            "REQUEST_ID": request.id,
-            "REMOTE_PATH": remote_path,
-            "BYTES": size,
-            "DURATION_SECONDS": f"{seconds:.3f}",
-        },
+        "run finished: %d delivered, %d removed, %d unchanged",
+        len(outcome.delivered), len(outcome.removed), len(plan.unchanged),
+        extra={"MESSAGE_ID": events.RUN_FINISHED},
     )
-
-
-def _plan(config: Config, entries: dict[int, Entry]) -> Plan:
-    with Broker(config.broker) as broker:
-        return make_plan(observe(broker, config.broker.tag).values(), entries, config.max_delete)
+    return outcome
 
 
 def _show_plan(plan: Plan, show: Callable[[str], None]) -> None:
