@@ -16,7 +16,7 @@ from xml.sax.saxutils import escape
 
 import requests
 
-from tests.peers import free_port
+from tests.peers import free_port, stop
 
 BROKER_VERSION = "1.5.1"
 ADMIN_KEY = "xxxAdmin1234"
@@ -95,12 +95,7 @@ class BrokerServer:
         raise RuntimeError("broker did not start within 90 s")
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop(self.process, 20)
         self.log.close()
 
     def create_request(self, tags: list[str], title: str = "test", prefix: str = "", publish: bool = True) -> int:

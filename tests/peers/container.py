@@ -8,11 +8,11 @@ tests start on 127.0.0.1 are reachable from inside.
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
 
+from tests.peers import stop
 from tests.peers.broker import CACHE
 
 MIRROR = "http://deb.debian.org/debian"
@@ -91,10 +91,5 @@ class Container:
 
     def stop(self) -> None:
         # nspawn turns SIGTERM into an orderly shutdown of the container's systemd.
-        self.nspawn.send_signal(signal.SIGTERM)
-        try:
-            self.nspawn.wait(60)
-        except subprocess.TimeoutExpired:
-            self.nspawn.kill()
-            self.nspawn.wait()
+        stop(self.nspawn, 60)
         self.log.close()

@@ -13,7 +13,7 @@ import subprocess
 import textwrap
 from pathlib import Path
 
-from tests.peers import free_port, wait_for_port
+from tests.peers import free_port, stop, wait_for_port
 
 USER = "aktinsftp"
 UID = 4242
@@ -112,10 +112,5 @@ class SshServer:
         return f"/upload/{local.name}"
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop(self.process, 10)
         self.log.close()
