@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 import shutil
 import time
 from collections.abc import Callable
@@ -186,6 +187,14 @@ def _prepare(state_dir: Path) -> None:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise SyncError(f"state directory {state_dir} cannot be created ({exc.strerror})") from None
+    owner = state_dir.stat().st_uid
+    if os.geteuid() == 0 and owner != 0:
+        # Files root wrote there would lock the service's own user out of its state.
+        name = pwd.getpwuid(owner).pw_name
+        raise SyncError(
+            f"{state_dir} belongs to {name}: run as that user ('sudo -u {name} aktin-broker-sftp run') "
+            "or with 'systemctl start aktin-broker-sftp.service'"
+        )
 
 
 def _clean_work_dir(state_dir: Path) -> Path:
