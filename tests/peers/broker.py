@@ -38,8 +38,9 @@ def classpath() -> Path | str:
     if (lib / f"broker-admin-{BROKER_VERSION}.jar").exists():
         return lib
     return (
-        f"no AKTIN Broker {BROKER_VERSION} jars in {lib}: 'make broker-jars' resolves "
-        f"org.aktin:broker-admin:{BROKER_VERSION} with Maven (or set AKTIN_BROKER_LIB to a directory of its jars)"
+        f"no AKTIN Broker {BROKER_VERSION} jars: Maven could not resolve org.aktin:broker-admin:{BROKER_VERSION} "
+        f"into {lib} (the broker's server artifacts are not on Maven Central); set AKTIN_BROKER_LIB to a "
+        "directory of the broker's runtime jars"
     )
 
 
