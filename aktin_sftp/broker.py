@@ -102,10 +102,9 @@ class Broker:
         # Proxy, netrc and CA variables from the environment are not consulted: the config
         # alone decides where we connect, and skipping those look-ups halves the cost per call.
         self.session.trust_env = False
-        # Transient failures are retried with backoff; every call here is safe to repeat
-        # (an export only builds a new zip).
-        # A read that timed out is tried once more only: the broker may be building a large
-        # bundle, and each try waits the whole timeout.
+        # Transient failures are retried with backoff; every call here is safe to repeat (an
+        # export only builds a new zip). A timed-out read is tried once more only: the broker may
+        # be building a large bundle, and each try waits the whole timeout.
         retry = Retry(
             total=3,
             read=1,
@@ -191,10 +190,9 @@ class Broker:
             raise UnavailableError(
                 f"TLS to the broker at {self.base} failed ({_reason(exc)}); check [broker] ca_bundle"
             ) from None
-        except requests.exceptions.Timeout:
-            raise UnavailableError(f"broker at {self.base} did not answer {what} within {self.config.timeout:g} s") from None
-        except requests.exceptions.ConnectionError as exc:
-            if "timed out" in _reason(exc):
+        except (requests.exceptions.Timeout, requests.exceptions.ConnectionError) as exc:
+            # With retries, urllib3 reports a timeout as a connection error that wraps it.
+            if isinstance(exc, requests.exceptions.Timeout) or "timed out" in _reason(exc):
                 raise UnavailableError(
                     f"broker at {self.base} did not answer {what} within {self.config.timeout:g} s"
                 ) from None

@@ -126,7 +126,7 @@ class Remote:
             checkpoint(f"rename:{name}")
             self._rename(partial, final)
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise _transfer_error(f"upload of {final}", exc) from None
+            raise self._transfer_error(f"upload of {final}", exc) from None
         return size
 
     def _write(self, local: Path, remote: str, size: int, progress: Progress | None, name: str) -> None:
@@ -160,7 +160,7 @@ class Remote:
             seconds = time.monotonic() - started
             self.sftp.remove(probe)
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise _transfer_error(f"speed probe {probe}", exc) from None
+            raise self._transfer_error(f"speed probe {probe}", exc) from None
         return float(max(1, size // READ_SIZE) * READ_SIZE / seconds)
 
     def remove(self, name: str) -> bool:
@@ -171,7 +171,7 @@ class Remote:
         except FileNotFoundError:
             return False
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise _transfer_error(f"removal of {target}", exc) from None
+            raise self._transfer_error(f"removal of {target}", exc) from None
         return True
 
     def listdir(self) -> list[str]:
@@ -186,6 +186,17 @@ class Remote:
             if PARTIAL.fullmatch(name):
                 log.info("removing %s left by an interrupted run", self.path(name))
                 self.remove(name)
+
+    def _transfer_error(self, what: str, exc: BaseException) -> SyncError:
+        transport = self.client.get_transport()
+        # A dropped connection surfaces as EOFError, SSHException or a plain OSError ("Socket is
+        # closed"), depending on where paramiko notices; the transport's state says which it was.
+        if transport is None or not transport.is_active() or isinstance(exc, (EOFError, paramiko.SSHException)):
+            return UnavailableError(f"{what} failed: the SFTP connection was lost ({exc or type(exc).__name__})")
+        if isinstance(exc, PermissionError):
+            return SyncError(f"{what} failed: permission denied on the SFTP server; is [sftp] folder writable?")
+        # OpenSSH reports a full disk or an exceeded quota only as a generic "Failure".
+        return SyncError(f"{what} failed: {exc or type(exc).__name__} (a full disk or quota on the server shows up this way)")
 
     def _rename(self, source: str, target: str) -> None:
         try:
@@ -202,11 +213,3 @@ class Remote:
                 pass
             self.sftp.rename(source, target)
 
-
-def _transfer_error(what: str, exc: BaseException) -> SyncError:
-    if isinstance(exc, PermissionError):
-        return SyncError(f"{what} failed: permission denied on the SFTP server; is [sftp] folder writable?")
-    if isinstance(exc, (EOFError, paramiko.SSHException, socket.timeout, ConnectionError)):
-        return UnavailableError(f"{what} failed: the SFTP connection was lost ({exc or type(exc).__name__})")
-    # OpenSSH reports a full disk or an exceeded quota only as a generic "Failure".
-    return SyncError(f"{what} failed: {exc or type(exc).__name__} (a full disk or quota on the server shows up this way)")
