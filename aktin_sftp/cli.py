@@ -12,6 +12,7 @@ from pathlib import Path
 from aktin_sftp import __version__, config, crypto, events, sync
 from aktin_sftp.broker import Broker
 from aktin_sftp.errors import EX_FAILURE, SyncError
+from aktin_sftp.files import open_private
 from aktin_sftp.sftp import Remote
 from aktin_sftp.state import StatusFile
 
@@ -156,7 +157,7 @@ def _keygen(args: argparse.Namespace) -> None:
 def _decrypt(args: argparse.Namespace) -> None:
     key = crypto.load_key(args.key_file)
     partial = args.output.with_name(f".{args.output.name}.part")
-    with open(partial, "wb") as target:
+    with open_private(partial) as target:
         try:
             crypto.decrypt_file(key, args.input, target)
         except crypto.InvalidTokenError as exc:

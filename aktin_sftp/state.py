@@ -8,14 +8,13 @@ Elements we do not know are kept as they are.
 from __future__ import annotations
 
 import logging
-import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from aktin_sftp.errors import SyncError
-from aktin_sftp.faults import checkpoint
+from aktin_sftp.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -125,29 +124,6 @@ def serialize(entries: dict[int, Entry]) -> bytes:
     ET.indent(root)
     # Like upstream: no XML declaration.
     return ET.tostring(root, encoding="unicode").encode("utf-8") + b"\n"
-
-
-def write_atomic(path: Path, data: bytes, previous: Path | None = None) -> None:
-    """Replaces `path` so that a crash leaves either the old or the new content, never a mix;
-    with `previous`, the old content is kept there."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        checkpoint("state-write")
-        if previous is not None and path.exists():
-            os.replace(path, previous)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def _text(element: ET.Element, name: str) -> str | None:

@@ -10,13 +10,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 from aktin_sftp import crypto, events, progress
 from aktin_sftp.broker import Broker, RequestFailed
 from aktin_sftp.config import Config
 from aktin_sftp.errors import SyncError
 from aktin_sftp.faults import checkpoint
+from aktin_sftp.files import open_private
 from aktin_sftp.lock import exclusive
 from aktin_sftp.plan import Observed, Plan, Reason, completion, fingerprint, make_plan
 from aktin_sftp.sftp import Remote
@@ -77,7 +77,7 @@ def deliver(broker: Broker, remote: Remote, key: bytes, work: Path, request_id: 
     token = work / f"{result_name(request_id)}.fernet"
     try:
         broker.export(request_id, plain)
-        with open(plain, "rb") as source, _private_writer(token) as target:
+        with open(plain, "rb") as source, open_private(token) as target:
             crypto.encrypt_stream(key, source, target)
         plain.unlink()
         return remote.upload(token, result_name(request_id), progress.for_terminal(result_name(request_id)))
@@ -203,10 +203,6 @@ def _clean_work_dir(state_dir: Path) -> Path:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(mode=0o700)
     return work
-
-
-def _private_writer(path: Path) -> BinaryIO:
-    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
 
 
 def _ids(ids: tuple[int, ...]) -> str:

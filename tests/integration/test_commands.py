@@ -118,6 +118,7 @@ def test_status_keygen_and_decrypt_for_the_recipient(setup: Setup, broker_server
     )
     assert done.returncode == 0, done.stderr
     assert zip_entries(out.read_bytes()) == broker_server.export(request_id)
+    assert out.stat().st_mode & 0o077 == 0
 
     new_key = tmp_path / "new.key"
     keygen = [sys.executable, "-m", "aktin_sftp", "keygen", str(new_key)]
