@@ -100,7 +100,11 @@ class Remote:
         # Without TCP_NODELAY, small SFTP requests wait for delayed ACKs.
         transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[union-attr]
         self.cipher: str = getattr(transport, "remote_cipher", "unknown")
-        self.sftp = self.client.open_sftp()
+        try:
+            self.sftp = self.client.open_sftp()
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            self.client.close()
+            raise UnavailableError(f"{where} logged us in but refused SFTP ({exc or type(exc).__name__})") from None
 
     def __enter__(self) -> Remote:
         return self
@@ -152,16 +156,17 @@ class Remote:
         """Bytes per second for `size` random bytes written to a hidden file, removed again."""
         probe = self.path(partial_name("aktin-speed-probe"))
         block = os.urandom(READ_SIZE)
+        blocks = max(1, size // READ_SIZE)
         try:
             started = time.monotonic()
             with self._open_for_upload(probe) as target:
-                for _ in range(max(1, size // READ_SIZE)):
+                for _ in range(blocks):
                     target.write(block)
             seconds = time.monotonic() - started
             self.sftp.remove(probe)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise self._transfer_error(f"speed probe {probe}", exc) from None
-        return float(max(1, size // READ_SIZE) * READ_SIZE / seconds)
+        return blocks * READ_SIZE / seconds
 
     def remove(self, name: str) -> bool:
         """Removes a file; False when it was not there (anymore)."""
