@@ -132,8 +132,6 @@ def _from_upstream(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
             value = int(value)
         converted.setdefault(section, {})[key] = value
     converted.setdefault("sftp", {}).setdefault("known_hosts", str(UPSTREAM_KNOWN_HOSTS))
-    # Upstream kept status.xml and its temporary files in one working directory, with no limit.
-    converted.setdefault("state", {}).setdefault("max_delete", DEFAULT_MAX_DELETE)
     return converted
 
 
