@@ -63,6 +63,27 @@ def parse_xml(body: bytes, what: str) -> ET.Element:
         ) from None
 
 
+def keeps_tag(definition: bytes, tag: str) -> bool:
+    """Whether a request definition carries `tag` under principal/tags, whatever its namespace
+    prefix. A definition that cannot be read counts as keeping it: deleting on a guess is worse."""
+    if re.search(rb"<!DOCTYPE", definition, re.IGNORECASE):
+        return True
+    try:
+        root = ET.fromstring(definition)
+    except ET.ParseError:
+        return True
+
+    def local(element: ET.Element) -> str:
+        return element.tag.rsplit("}", 1)[-1]
+
+    return any(
+        local(tags) == "tags" and local(item) == "tag" and (item.text or "").strip() == tag
+        for principal in root.iter() if local(principal) == "principal"
+        for tags in principal
+        for item in tags
+    )
+
+
 def parse_request_ids(root: ET.Element) -> list[int]:
     if root.tag != f"{NS}request-list":
         raise SyncError(f"broker listing is a <{root.tag}>, not a request-list; nothing was changed")
@@ -144,6 +165,15 @@ class Broker:
         with ThreadPoolExecutor(self.config.parallel) as pool:
             return dict(zip(request_ids, pool.map(self.node_statuses, request_ids), strict=True))
 
+    def still_tagged(self, request_id: int, tag: str) -> bool:
+        """Checks a request missing from the filtered listing: the broker leaves out any
+        definition it cannot parse, so absence alone does not prove deletion or untagging."""
+        response = self._call(
+            "GET", f"/broker/request/{request_id}", f"the definition of request {request_id}",
+            headers={"Accept": REQUEST_TYPE}, gone=(404, 406),
+        )
+        return response.status_code not in (404, 406) and keeps_tag(response.content, tag)
+
     def node_statuses(self, request_id: int) -> list[NodeStatus]:
         what = f"the status of request {request_id}"
         response = self._call("GET", f"/broker/request/{request_id}/status", what, per_request=True)
@@ -181,7 +211,7 @@ class Broker:
         return size
 
     def _call(
-        self, method: str, path: str, what: str, per_request: bool = False, **kwargs: object
+        self, method: str, path: str, what: str, per_request: bool = False, gone: tuple[int, ...] = (), **kwargs: object
     ) -> requests.Response:
         url = self.base + path
         try:
@@ -204,7 +234,7 @@ class Broker:
                 f"broker refused the API key (HTTP {response.status_code}) for {what}; "
                 "[broker] api_key must be an admin key (its DN has OU=admin)"
             )
-        if response.status_code >= 400:
+        if response.status_code >= 400 and response.status_code not in gone:
             error = RequestFailed if per_request else UnavailableError
             raise error(f"broker answered {what} with HTTP {response.status_code}")
         return response

@@ -60,7 +60,7 @@ def run(config: Config, dry_run: bool = False, show: Callable[[str], None] = pri
                 remote.remove_partials()
                 delivery = _Delivery(broker, remote, store, entries, key, _clean_work_dir(config.state_dir))
                 delivery.deliver_all(plan.deliver, observed)
-                delivery.remove_all(plan.remove)
+                delivery.remove_all(plan.remove, config.broker.tag)
                 delivery.publish_status()
     return _finish(delivery.outcome, plan, config.max_delete)
 
@@ -119,9 +119,16 @@ class _Delivery:
             self._log_delivery(request, reason, size, time.monotonic() - started)
             checkpoint("delivered")
 
-    def remove_all(self, gone: tuple[int, ...]) -> None:
+    def remove_all(self, gone: tuple[int, ...], tag: str) -> None:
         for request_id in gone:
             path = self.remote.path(result_name(request_id))
+            if self.broker.still_tagged(request_id, tag):
+                log.warning(
+                    "request %d is missing from the broker's tagged listing but still exists with the tag "
+                    "(its definition may not parse on the broker); %s is kept", request_id, path,
+                    extra={"REQUEST_ID": request_id, "REMOTE_PATH": path},
+                )
+                continue
             existed = self.remote.remove(result_name(request_id))
             self.entries[request_id].deleted = now()
             self.store.save(self.entries)

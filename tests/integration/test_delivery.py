@@ -156,3 +156,20 @@ def test_an_upstream_status_file_is_taken_over(setup: Setup, broker_server: Brok
     assert "last-update" in local[request_id]
     assert local[gone]["deleted"] == "2024-05-04 10:00:00"
     assert_matches_broker(setup, broker_server, request_id)
+
+
+def test_a_request_the_broker_cannot_list_is_not_removed(setup: Setup, broker_server: BrokerServer) -> None:
+    """The broker silently leaves definitions it cannot parse out of its filtered listing."""
+    request_id = broker_server.create_request([setup.tag])
+    assert setup.run("run").returncode == 0
+    response = broker_server.admin.put(
+        f"{broker_server.url}/broker/request/{request_id}",
+        data=f"<queryRequest><query><principal><tags><tag>{setup.tag}</tag></tags>".encode(),
+        headers={"Content-Type": "application/vnd.aktin.query.request+xml"},
+    )
+    assert response.ok, response.text
+    done = setup.run("run")
+    assert done.returncode == 0, done.stderr
+    assert f"request {request_id} is missing from the broker's tagged listing but still exists" in done.stderr
+    assert f"export_{request_id}.zip" in setup.remote_files()
+    assert "deleted" not in status_entries((setup.state_dir / "status.xml").read_bytes())[request_id]
