@@ -27,6 +27,7 @@ demo: deps $(VENV)/.ready broker-jars
 
 # Prints the performance table; BENCH_ARGS=--full for the full sizes (1 GiB bundles).
 bench: deps $(VENV)/.ready broker-jars
+	$(MAKE) --no-print-directory deps APT_PACKAGES=nginx
 	$(VENV)/bin/python -m tests.bench $(BENCH_ARGS)
 
 # The Debian package, built from a copy of the tree with Debian's own python3 on PATH.

@@ -25,6 +25,10 @@ def headers(settings: Config, accept: str = "application/xml") -> dict[str, str]
     return {"Authorization": f"Bearer {settings.broker.api_key.reveal()}", "Accept": accept}
 
 
+def verify(settings: Config) -> str | bool:
+    return str(settings.broker.ca_bundle) if settings.broker.ca_bundle else True
+
+
 def sftp_client(settings: Config) -> paramiko.SFTPClient:
     client = paramiko.SSHClient()
     client.load_host_keys(str(settings.sftp.known_hosts))
@@ -49,15 +53,17 @@ def delivery(settings: Config, request_id: int) -> None:
 
 def unchanged(settings: Config) -> None:
     url = settings.broker.url
-    requests.head(f"{url}/broker/status")
+    requests.head(f"{url}/broker/status", verify=verify(settings))
     listing = requests.get(
         f"{url}/broker/request/filtered",
         params={"type": REQUEST_TYPE, "predicate": tag_predicate(settings.broker.tag)}, headers=headers(settings),
+        verify=verify(settings),
     )
     completions = {}
     for element in ET.fromstring(listing.content).iter(f"{NS}request"):
         request_id = element.get("id")
-        status = ET.fromstring(requests.get(f"{url}/broker/request/{request_id}/status", headers=headers(settings)).content)
+        answer = requests.get(f"{url}/broker/request/{request_id}/status", headers=headers(settings), verify=verify(settings))
+        status = ET.fromstring(answer.content)
         rows = status.findall(f"{NS}request-status-info")
         done = sum(1 for row in rows if row.find(f"{NS}completed") is not None)
         completions[request_id] = round(done / len(rows), 2) if rows else 0.0
