@@ -128,7 +128,10 @@ class Remote:
             self._write(local, partial, size, progress, name)
             remote_size = self.sftp.stat(partial).st_size
             if remote_size != size:
-                raise SyncError(f"upload of {final} ended at {remote_size} of {size} bytes")
+                raise SyncError(
+                    f"upload of {final} ended at {remote_size} of {size} bytes (a full disk or quota on the server "
+                    "shows up this way)"
+                )
             checkpoint(f"rename:{name}")
             self._rename(partial, final)
         except (OSError, EOFError, paramiko.SSHException) as exc:

@@ -7,13 +7,15 @@ import os
 import pwd
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aktin_sftp import crypto, events, progress
 from aktin_sftp.broker import Broker, RequestFailed
-from aktin_sftp.config import Config
+from aktin_sftp.config import Config, SftpConfig
 from aktin_sftp.errors import SyncError
 from aktin_sftp.faults import checkpoint
 from aktin_sftp.files import open_private
@@ -49,20 +51,34 @@ def run(config: Config, dry_run: bool = False, show: Callable[[str], None] = pri
         store = StatusFile(config.state_dir / STATUS_NAME)
         entries = store.load()
         key = crypto.load_key(config.key_file)
-        with Broker(config.broker) as broker:
+        with Broker(config.broker) as broker, _connecting(config.sftp) as connected:
             observed = observe(broker, config.broker.tag)
             plan = make_plan(observed.values(), entries, config.max_delete)
             log.info(
                 "plan: %d to deliver, %d to remove, %d unchanged",
                 len(plan.deliver), len(plan.remove), len(plan.unchanged),
             )
-            with Remote(config.sftp) as remote:
-                remote.remove_partials()
-                delivery = _Delivery(broker, remote, store, entries, key, _clean_work_dir(config.state_dir))
-                delivery.deliver_all(plan.deliver, observed)
-                delivery.remove_all(plan.remove, config.broker.tag)
-                delivery.publish_status()
+            remote = connected()
+            remote.remove_partials()
+            delivery = _Delivery(broker, remote, store, entries, key, _clean_work_dir(config.state_dir))
+            delivery.deliver_all(plan.deliver, observed)
+            delivery.remove_all(plan.remove, config.broker.tag)
+            delivery.publish_status()
     return _finish(delivery.outcome, plan, config.max_delete)
+
+
+@contextmanager
+def _connecting(settings: SftpConfig) -> Iterator[Callable[[], Remote]]:
+    """Logs into the SFTP server while the broker is being asked, which takes the SSH
+    handshake off the run's critical path. Yields a call that waits for the session (or raises
+    what went wrong); the session is closed however the run ends."""
+    with ThreadPoolExecutor(1) as pool:
+        login = pool.submit(Remote, settings)
+        try:
+            yield login.result
+        finally:
+            if login.exception() is None:
+                login.result().close()
 
 
 def observe(broker: Broker, tag: str) -> dict[int, Observed]:

@@ -159,7 +159,8 @@ def test_remote_disk_full(setup: Setup, broker_server: BrokerServer, ssh_server:
     finally:
         in_sshd_namespace(ssh_server, "umount", inside)
     assert failed.returncode == 1
-    assert f"upload of {setup.remote_folder}/export_{request_id}.zip failed" in one_error_line(failed.stderr)
+    error = one_error_line(failed.stderr)
+    assert f"upload of {setup.remote_folder}/export_{request_id}.zip" in error and "full disk or quota" in error
     assert setup.remote_files() == expected_files(delivered)
     assert setup.run("run").returncode == 0
     assert setup.remote_files() == expected_files([*delivered, request_id])
