@@ -17,6 +17,7 @@ from urllib3.util.retry import Retry
 from aktin_sftp.config import BrokerConfig
 from aktin_sftp.errors import ConfigError, SyncError, UnavailableError
 from aktin_sftp.faults import checkpoint
+from aktin_sftp.xmlsafe import declares_doctype
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,8 @@ DOWNLOAD_CHUNK = 1 << 20
 # Timestamps that say a node has produced (or given up on) a result; `retrieved`, `queued`
 # and `processing` come and go on the way and do not change what the bundle holds.
 RESULT_STATES = ("completed", "rejected", "failed")
+# What GET /broker/request/{id} answers for a deleted request, or one without a query definition.
+GONE = (404, 406)
 
 
 class RequestFailed(SyncError):
@@ -51,9 +54,7 @@ def tag_predicate(tag: str) -> str:
 
 
 def parse_xml(body: bytes, what: str) -> ET.Element:
-    # Entity declarations can only come with a DOCTYPE; the broker never sends one, so any
-    # DOCTYPE is refused instead of risking entity expansion or external entities.
-    if re.search(rb"<!DOCTYPE", body, re.IGNORECASE):
+    if declares_doctype(body):
         raise SyncError(f"broker answered {what} with a DOCTYPE declaration; refused (possible XML entity attack)")
     try:
         return ET.fromstring(body)
@@ -66,7 +67,7 @@ def parse_xml(body: bytes, what: str) -> ET.Element:
 def keeps_tag(definition: bytes, tag: str) -> bool:
     """Whether a request definition carries `tag` under principal/tags, whatever its namespace
     prefix. A definition that cannot be read counts as keeping it: deleting on a guess is worse."""
-    if re.search(rb"<!DOCTYPE", definition, re.IGNORECASE):
+    if declares_doctype(definition):
         return True
     try:
         root = ET.fromstring(definition)
@@ -170,9 +171,9 @@ class Broker:
         definition it cannot parse, so absence alone does not prove deletion or untagging."""
         response = self._call(
             "GET", f"/broker/request/{request_id}", f"the definition of request {request_id}",
-            headers={"Accept": REQUEST_TYPE}, gone=(404, 406),
+            headers={"Accept": REQUEST_TYPE}, gone=GONE,
         )
-        return response.status_code not in (404, 406) and keeps_tag(response.content, tag)
+        return response.status_code not in GONE and keeps_tag(response.content, tag)
 
     def node_statuses(self, request_id: int) -> list[NodeStatus]:
         what = f"the status of request {request_id}"

@@ -27,6 +27,8 @@ READ_SIZE = 1 << 20
 WRITE_OVERHEAD = 25
 OPENSSH_MAX_WRITE = 261120
 Progress = Callable[[int, int], None]
+# What a broken connection or a refusing server raises anywhere in paramiko.
+TRANSFER_ERRORS = (OSError, EOFError, paramiko.SSHException)
 PARTIAL = re.compile(r"\.(export_[0-9]+\.zip|status\.xml|aktin-speed-probe)\.part")
 
 
@@ -46,6 +48,25 @@ def _transport_options() -> dict[str, Any]:
     return {}
 
 
+def _login_error(config: SftpConfig, exc: BaseException) -> SyncError:
+    where = f"SFTP server {config.host}:{config.port}"
+    if isinstance(exc, paramiko.BadHostKeyException):
+        return ConfigError(
+            f"{where} presented a host key that differs from {config.known_hosts}; refused. "
+            "If the server's key really changed, verify it with the recipient and update that file"
+        )
+    if isinstance(exc, paramiko.AuthenticationException):
+        return ConfigError(f"{where} rejected the login of {config.username!r}; check [sftp] password or private_key_file")
+    if "not found in known_hosts" in str(exc):
+        return ConfigError(
+            f"{where} is not in {config.known_hosts}; add its verified host key there "
+            "(ssh-keyscan shows it, confirm it with the recipient)"
+        )
+    if isinstance(exc, paramiko.SSHException):
+        return UnavailableError(f"{where}: SSH or SFTP failed ({exc or type(exc).__name__})")
+    return UnavailableError(f"{where} is unreachable ({exc or type(exc).__name__})")
+
+
 def partial_name(name: str) -> str:
     """Where an upload lands until it is complete; hidden, and not matching `export_*.zip`."""
     return f".{name}.part"
@@ -59,7 +80,6 @@ class Remote:
         self.client.load_host_keys(str(config.known_hosts))
         # Never learn a key: an unknown or changed host key is refused.
         self.client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        where = f"SFTP server {config.host}:{config.port}"
         try:
             self.client.connect(
                 config.host,
@@ -74,39 +94,16 @@ class Remote:
                 look_for_keys=False,
                 **_transport_options(),
             )
-        except paramiko.BadHostKeyException:
-            self.client.close()
-            raise ConfigError(
-                f"{where} presented a host key that differs from {config.known_hosts}; refused. "
-                "If the server's key really changed, verify it with the recipient and update that file"
-            ) from None
-        except paramiko.AuthenticationException:
-            self.client.close()
-            raise ConfigError(
-                f"{where} rejected the login of {config.username!r}; check [sftp] password or private_key_file"
-            ) from None
-        except paramiko.SSHException as exc:
-            self.client.close()
-            if "not found in known_hosts" in str(exc):
-                raise ConfigError(
-                    f"{where} is not in {config.known_hosts}; add its verified host key there "
-                    "(ssh-keyscan shows it, confirm it with the recipient)"
-                ) from None
-            raise UnavailableError(f"{where}: SSH failed ({exc})") from None
-        except (OSError, EOFError) as exc:
-            self.client.close()
-            raise UnavailableError(f"{where} is unreachable ({exc})") from None
-        transport = self.client.get_transport()
-        assert transport is not None
-        # Without TCP_NODELAY, small SFTP requests wait for delayed ACKs.
-        transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[union-attr]
-        self.cipher: str = getattr(transport, "remote_cipher", "unknown")
-        self.server: str = transport.remote_version
-        try:
+            transport = self.client.get_transport()
+            assert transport is not None
+            # Without TCP_NODELAY, small SFTP requests wait for delayed ACKs.
+            transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[union-attr]
+            self.cipher: str = getattr(transport, "remote_cipher", "unknown")
+            self.server: str = transport.remote_version
             self.sftp = self.client.open_sftp()
-        except (OSError, EOFError, paramiko.SSHException) as exc:
+        except TRANSFER_ERRORS as exc:
             self.client.close()
-            raise UnavailableError(f"{where} logged us in but refused SFTP ({exc or type(exc).__name__})") from None
+            raise _login_error(config, exc) from None
 
     def __enter__(self) -> Remote:
         return self
@@ -134,7 +131,7 @@ class Remote:
                 )
             checkpoint(f"rename:{name}")
             self._rename(partial, final)
-        except (OSError, EOFError, paramiko.SSHException) as exc:
+        except TRANSFER_ERRORS as exc:
             raise self._transfer_error(f"upload of {final}", exc) from None
         return size
 
@@ -174,7 +171,7 @@ class Remote:
                     target.write(block)
             seconds = time.monotonic() - started
             self.sftp.remove(probe)
-        except (OSError, EOFError, paramiko.SSHException) as exc:
+        except TRANSFER_ERRORS as exc:
             raise self._transfer_error(f"speed probe {probe}", exc) from None
         return blocks * READ_SIZE / seconds
 
@@ -185,7 +182,7 @@ class Remote:
             self.sftp.remove(target)
         except FileNotFoundError:
             return False
-        except (OSError, EOFError, paramiko.SSHException) as exc:
+        except TRANSFER_ERRORS as exc:
             raise self._transfer_error(f"removal of {target}", exc) from None
         return True
 

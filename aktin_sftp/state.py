@@ -15,6 +15,7 @@ from pathlib import Path
 
 from aktin_sftp.errors import SyncError
 from aktin_sftp.files import write_atomic
+from aktin_sftp.xmlsafe import declares_doctype
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class StatusFile:
 
 
 def parse(data: bytes, source: str) -> dict[int, Entry]:
-    if b"<!DOCTYPE" in data.upper():
+    if declares_doctype(data):
         raise SyncError(f"{source}: has a DOCTYPE declaration, which a status XML never has")
     try:
         root = ET.fromstring(data)

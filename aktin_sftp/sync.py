@@ -95,6 +95,7 @@ def deliver(broker: Broker, remote: Remote, key: bytes, work: Path, request_id: 
         broker.export(request_id, plain)
         with open(plain, "rb") as source, open_private(token) as target:
             crypto.encrypt_stream(key, source, target)
+        # The plain bundle goes before the upload, so a large delivery needs its size on disk once, not twice.
         plain.unlink()
         return remote.upload(token, result_name(request_id), progress.for_terminal(result_name(request_id)))
     finally:
@@ -156,7 +157,8 @@ class _Delivery:
             )
 
     def publish_status(self) -> None:
-        # Saved once more so that a first run without deliveries has a file to upload too.
+        # Saved once more, so that the uploaded file is ours even when nothing changed: a first
+        # run has none yet, and a damaged one recovered from status.xml.prev must not travel.
         self.store.save(self.entries)
         self.remote.upload(self.store.path, STATUS_NAME)
 
