@@ -66,22 +66,14 @@ class BrokerProxy:
                 response = upstream.getresponse()
                 data = response.read()
                 upstream.close()
-                if rule and rule.truncate is not None:
-                    # Promise the whole answer, send part of it, and hang up.
-                    self.send_response(response.status)
-                    for key, value in response.getheaders():
-                        if key.lower() not in ("transfer-encoding", "connection", "content-length"):
-                            self.send_header(key, value)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data[: rule.truncate])
-                    self.close_connection = True
-                    return
-                self.answer(response.status, data, response.getheader("Content-Type") or "", response.getheaders())
+                content_type = response.getheader("Content-Type") or ""
+                self.answer(response.status, data, content_type, response.getheaders(), rule.truncate if rule else None)
 
             def answer(
-                self, status: int, data: bytes, content_type: str, headers: list[tuple[str, str]] | None = None
+                self, status: int, data: bytes, content_type: str, headers: list[tuple[str, str]] | None = None,
+                cut: int | None = None,
             ) -> None:
+                """With `cut`: promise the whole answer, send that much of it, and hang up."""
                 self.send_response(status)
                 for key, value in headers or []:
                     if key.lower() not in ("transfer-encoding", "connection", "content-length", "content-type"):
@@ -90,7 +82,9 @@ class BrokerProxy:
                     self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                self.wfile.write(data[:cut])
+                if cut is not None:
+                    self.close_connection = True
 
             do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = handle_any
 
