@@ -57,10 +57,14 @@ def one_error_line(stderr: str) -> str:
         (Rule("GET", r"/broker/request/\d+/status", status=200, body=b"<nope"), 69, "malformed XML"),
         (Rule("GET", r"/broker/request/filtered", delay=4), 69, "did not answer the listing of tagged requests within 2 s"),
         (Rule("GET", r"/broker/request/filtered", status=401), 78, "refused the API key (HTTP 401)"),
+        (
+            Rule("GET", r"/broker/request/filtered", status=301, headers=(("Location", "http://elsewhere.example/"),)),
+            78, "with a redirect (HTTP 301) to 'http://elsewhere.example/'; set [broker] url",
+        ),
         (Rule("GET", r"/broker/request/filtered", status=200, body=HOSTILE_ID), 1, "request id '1 or 1=1' that is not a plain"),
         (Rule("GET", r"/broker/request/filtered", status=200, body=ENTITIES), 1, "DOCTYPE declaration; refused"),
     ],
-    ids=["500", "malformed", "truncated", "status-malformed", "slow", "401", "hostile-id", "entities"],
+    ids=["500", "malformed", "truncated", "status-malformed", "slow", "401", "redirect", "hostile-id", "entities"],
 )
 def test_broker_faults_change_nothing_and_the_next_run_converges(
     setup: Setup, broker_server: BrokerServer, proxy: BrokerProxy, delivered: list[int], rule: Rule, code: int, message: str

@@ -7,6 +7,7 @@ tests start on 127.0.0.1 are reachable from inside.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import time
@@ -17,19 +18,21 @@ from tests.peers.broker import CACHE
 
 MIRROR = "http://deb.debian.org/debian"
 SUITE = "bookworm"
-# What an AKTIN broker server has, plus what the package tests need inside (pytest, tomli, man).
+# What an AKTIN broker server has, plus what the package tests need inside (pytest, tomli, man,
+# and requests for the test harness that conftest.py loads).
 PACKAGES = [
-    "python3-requests", "python3-paramiko", "python3-cryptography", "python3-systemd", "python3-tomli",
-    "python3-pytest", "man-db",
+    "python3-urllib3", "python3-paramiko", "python3-cryptography", "python3-systemd", "python3-tomli",
+    "python3-pytest", "python3-requests", "man-db",
 ]
-TARBALL = CACHE / f"rootfs-{SUITE}.tar"
+# Named by its package list, so that changing the list builds a new one instead of reusing a stale one.
+TARBALL = CACHE / f"rootfs-{SUITE}-{hashlib.sha256(' '.join(PACKAGES).encode()).hexdigest()[:8]}.tar"
 
 
 def rootfs_tarball() -> Path:
     if TARBALL.exists():
         return TARBALL
     CACHE.mkdir(parents=True, exist_ok=True)
-    building = CACHE / f"rootfs-{SUITE}.building"
+    building = TARBALL.with_suffix(".building")
     shutil.rmtree(building, ignore_errors=True)
     subprocess.run(
         ["debootstrap", "--variant=minbase", "--include=systemd,systemd-sysv,dbus,python3,adduser", SUITE, str(building), MIRROR],

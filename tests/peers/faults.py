@@ -17,8 +17,8 @@ from socketserver import BaseRequestHandler, ThreadingTCPServer
 
 @dataclass
 class Rule:
-    """For requests whose method and path match: answer `status` with `body`, or forward and
-    cut the answer to `truncate` bytes, or forward after `delay` seconds."""
+    """For requests whose method and path match: answer `status` with `body` (and `headers`), or
+    forward and cut the answer to `truncate` bytes, or forward after `delay` seconds."""
 
     method: str
     path: str
@@ -27,6 +27,7 @@ class Rule:
     truncate: int | None = None
     delay: float = 0.0
     content_type: str = "application/xml"
+    headers: tuple[tuple[str, str], ...] = ()
     times: int = 1_000_000
 
     def take(self, method: str, path: str) -> bool:
@@ -58,7 +59,7 @@ class BrokerProxy:
                 if rule and rule.delay:
                     time.sleep(rule.delay)
                 if rule and rule.status is not None:
-                    self.answer(rule.status, rule.body, rule.content_type)
+                    self.answer(rule.status, rule.body, rule.content_type, list(rule.headers))
                     return
                 upstream = http.client.HTTPConnection("127.0.0.1", broker_port, timeout=120)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
