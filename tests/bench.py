@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import argparse
 import functools
+import http.client
 import os
 import platform
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from aktin_sftp import config as config_module
 from aktin_sftp import crypto
 from aktin_sftp.broker import Broker
+from aktin_sftp.config import BrokerConfig
 from aktin_sftp.plan import Observed, make_plan
 from aktin_sftp.sftp import Remote
 from aktin_sftp.state import Entry, StatusFile
@@ -142,34 +146,58 @@ class Bench:
         started = time.perf_counter()
         first = subprocess.run(run_command(config), capture_output=True, text=True)
         assert first.returncode == 0, first.stderr
-        rows = [self.unchanged_runs(config, tag, f"plain HTTP, first run {time.perf_counter() - started:.0f} s")]
+        plain, reference = self.unchanged_runs(config, f"plain HTTP, first run {time.perf_counter() - started:.0f} s")
+        rows = [plain, self.floor(config, reference)]
         # On a broker server, Apache or nginx terminates TLS in front of the broker; there a new
         # connection per call costs a TLS handshake each.
         front = TlsFront(self.work / "tls", self.broker.port)
         try:
             text = config.read_text().replace(self.broker.url, front.url)
             config.write_text(text.replace("timeout = 60", f'timeout = 60\nca_bundle = "{front.certificate}"'))
-            rows.append(self.unchanged_runs(config, tag, "HTTPS through nginx"))
+            rows.append(self.unchanged_runs(config, "HTTPS through nginx")[0])
         finally:
             front.stop()
         return rows
 
-    def unchanged_runs(self, config: Path, tag: str, how: str) -> Row:
+    def unchanged_runs(self, config: Path, how: str) -> tuple[Row, float]:
         reference_command = [sys.executable, "-m", "tests.bench_reference", "unchanged", str(config)]
         ours, reference = best_in_turns(
             3,
             lambda: subprocess.run(run_command(config), check=True, capture_output=True),
             lambda: subprocess.run(reference_command, check=True, capture_output=True),
         )
-        with Broker(config_module.load(config).broker) as broker:
-            count = len(broker.tagged_request_ids(tag))
-        return (
-            f"3. run over {count} tagged requests, nothing changed ({how})",
+        row = (
+            f"3. run over {len(self.tagged(config))} tagged requests, nothing changed ({how})",
             f"{ours:.2f} s",
             f"{reference:.2f} s (new connection per call, sequential)",
             f"{reference / ours:.1f}x faster",
             ">= 5x faster",
         )
+        return row, reference
+
+    def floor(self, config: Path, reference: float) -> Row:
+        """What no client can go below on this machine: starting Python and importing the
+        libraries, plus the broker answering the listing and the status calls over bare
+        keep-alive connections, `parallel` at a time. Its ratio is the best one possible."""
+        settings = config_module.load(config).broker
+        with Broker(settings) as broker:
+            imports = best_of(3, lambda: subprocess.run([sys.executable, "-c", "import aktin_sftp.cli"], check=True))
+            listing = best_of(3, lambda: broker.tagged_request_ids(settings.tag))
+        ids = self.tagged(config)
+        calls = best_of(3, lambda: bare_status_calls(settings, ids))
+        total = imports + listing + calls
+        return (
+            f"3. floor: Python start and imports + listing + {len(ids)} bare status calls ({settings.parallel} at a time)",
+            f"{imports:.2f} + {listing:.2f} + {calls:.2f} = {total:.2f} s",
+            f"{reference:.2f} s (the row above)",
+            f"{reference / total:.1f}x at best",
+            "-",
+        )
+
+    def tagged(self, config: Path) -> list[int]:
+        settings = config_module.load(config).broker
+        with Broker(settings) as broker:
+            return broker.tagged_request_ids(settings.tag)
 
     def state(self) -> list[Row]:
         rows: list[Row] = []
@@ -197,6 +225,25 @@ class Bench:
 
 def run_command(config: Path) -> list[str]:
     return [sys.executable, "-m", "aktin_sftp", "--config", str(config), "run"]
+
+
+def bare_status_calls(settings: BrokerConfig, ids: list[int]) -> None:
+    """The status calls with nothing but http.client, each thread on one keep-alive connection."""
+    address = urlsplit(settings.url)
+    headers = {"Authorization": f"Bearer {settings.api_key.reveal()}"}
+
+    def share(part: list[int]) -> None:
+        connection = http.client.HTTPConnection(address.hostname or "", address.port)
+        for request_id in part:
+            connection.request("GET", f"/broker/request/{request_id}/status", headers=headers)
+            connection.getresponse().read()
+        connection.close()
+
+    threads = [threading.Thread(target=share, args=(ids[k::settings.parallel],)) for k in range(settings.parallel)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def write_random(path: Path, size: int) -> None:
