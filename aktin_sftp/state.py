@@ -73,7 +73,17 @@ class StatusFile:
         return entries
 
     def save(self, entries: dict[int, Entry]) -> None:
-        write_atomic(self.path, serialize(entries), previous=self.previous)
+        data = serialize(entries)
+        # An unchanged state is not written again: a run that changed nothing then writes
+        # nothing, and `.prev` keeps the copy from before the last real change.
+        if self._current() != data:
+            write_atomic(self.path, data, previous=self.previous)
+
+    def _current(self) -> bytes | None:
+        try:
+            return self.path.read_bytes()
+        except FileNotFoundError:
+            return None
 
 
 def parse(data: bytes, source: str) -> dict[int, Entry]:

@@ -157,8 +157,8 @@ class _Delivery:
             )
 
     def publish_status(self) -> None:
-        # Saved once more, so that the uploaded file is ours even when nothing changed: a first
-        # run has none yet, and a damaged one recovered from status.xml.prev must not travel.
+        # Saved (if it differs) before the upload, so that the uploaded file is ours: a first run
+        # has none yet, and a damaged one recovered from status.xml.prev must not travel.
         self.store.save(self.entries)
         self.remote.upload(self.store.path, STATUS_NAME)
 

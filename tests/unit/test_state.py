@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from aktin_sftp.errors import SyncError
-from aktin_sftp.state import Entry, StatusFile
+from aktin_sftp.state import Entry, StatusFile, parse
 
 # Written by upstream's sftp_export.py (ElementTree, utf-8, no declaration, no indentation).
 UPSTREAM = (
@@ -95,6 +95,25 @@ def test_damage_is_recovered_from_the_previous_save(tmp_path: Path, caplog: pyte
     assert "continuing from the previous good copy" in caplog.text
     store.path.unlink()
     assert sorted(store.load()) == [1]
+
+
+def test_an_unchanged_state_is_not_rewritten_and_prev_keeps_the_copy_before_the_last_change(tmp_path: Path) -> None:
+    store = StatusFile(tmp_path / "status.xml")
+    store.save({1: Entry(1, "1.0")})
+    store.save({1: Entry(1, "1.0"), 2: Entry(2, "0.5")})
+    before = store.previous.read_bytes()
+    store.save({1: Entry(1, "1.0"), 2: Entry(2, "0.5")})
+    assert store.previous.read_bytes() == before
+    assert sorted(parse(before, "prev")) == [1]
+
+
+def test_a_state_recovered_from_prev_is_written_back(tmp_path: Path) -> None:
+    store = StatusFile(tmp_path / "status.xml")
+    store.save({1: Entry(1, "1.0")})
+    store.save({1: Entry(1, "1.0"), 2: Entry(2, "0.5")})
+    store.path.write_bytes(b"<status><request-sta")
+    store.save(store.load())
+    assert sorted(parse(store.path.read_bytes(), "status.xml")) == [1]
 
 
 def test_damage_in_both_copies_stops(tmp_path: Path) -> None:
