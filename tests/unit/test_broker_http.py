@@ -1,0 +1,246 @@
+"""How the broker client behaves on the wire, against a canned HTTP server: keep-alive, retries,
+errors, streamed downloads and TLS verification. The same checks run in the package tests on
+Debian 12's urllib3 1.26; the real broker is in the integration tests."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from aktin_sftp.broker import Broker, RequestFailed
+from aktin_sftp.config import BrokerConfig, Secret
+from aktin_sftp.errors import ConfigError, UnavailableError
+from tests.peers import free_port
+
+KEY = "xxxAdmin1234"
+
+
+@dataclass
+class Answer:
+    status: int = 200
+    body: bytes = b""
+    headers: tuple[tuple[str, str], ...] = ()
+    cut: int | None = None
+    delay: float = 0.0
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    authorization: str | None
+    client_port: int
+
+
+class CannedBroker:
+    """Answers each path with its list of answers in turn (the last one repeats)."""
+
+    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
+        self.answers: dict[str, list[Answer]] = {}
+        self.seen: list[Seen] = []
+        canned = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            # Headers and body go out as separate writes; with Nagle each small answer would
+            # wait for a delayed ACK.
+            disable_nagle_algorithm = True
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def answer(self) -> None:
+                path = self.path.split("?", 1)[0]
+                canned.seen.append(Seen(self.command, path, self.headers.get("Authorization"), self.client_address[1]))
+                queue = canned.answers.get(path) or [Answer(404)]
+                answer = queue.pop(0) if len(queue) > 1 else queue[0]
+                time.sleep(answer.delay)
+                self.send_response(answer.status)
+                for key, value in answer.headers:
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(answer.body)))
+                self.end_headers()
+                self.wfile.write(answer.body[: answer.cut])
+                if answer.cut is not None:
+                    self.close_connection = True
+
+            do_GET = do_POST = answer
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        scheme = "http"
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def settings(url: str, timeout: float = 5, parallel: int = 2, ca_bundle: Path | None = None) -> BrokerConfig:
+    return BrokerConfig(url, Secret(KEY), "rki", ca_bundle, timeout, parallel, max_download_mib=2)
+
+
+def status_list(node: int) -> bytes:
+    return (
+        b'<ns2:request-status-list xmlns:ns2="http://aktin.org/ns/exchange"><ns2:request-status-info>'
+        b"<ns2:node>%d</ns2:node><ns2:completed>2026-01-01T00:00:00Z</ns2:completed>"
+        b"</ns2:request-status-info></ns2:request-status-list>" % node
+    )
+
+
+LISTING = b'<request-list xmlns="http://aktin.org/ns/exchange"><request id="1"/><request id="2"/></request-list>'
+
+
+@pytest.fixture
+def canned() -> Iterator[CannedBroker]:
+    server = CannedBroker()
+    yield server
+    server.stop()
+
+
+def test_status_calls_share_keep_alive_connections_and_carry_the_key(canned: CannedBroker) -> None:
+    ids = list(range(40))
+    for i in ids:
+        canned.answers[f"/broker/request/{i}/status"] = [Answer(body=status_list(i % 7))]
+    with Broker(settings(canned.url, parallel=2)) as broker:
+        statuses = broker.all_node_statuses(ids)
+    assert {i: [s.node for s in nodes] for i, nodes in statuses.items()} == {i: [i % 7] for i in ids}
+    assert {seen.authorization for seen in canned.seen} == {f"Bearer {KEY}"}
+    assert len({seen.client_port for seen in canned.seen}) <= 2
+
+
+def test_a_passing_503_is_retried(canned: CannedBroker) -> None:
+    canned.answers["/broker/request/filtered"] = [Answer(503), Answer(body=LISTING)]
+    with Broker(settings(canned.url)) as broker:
+        assert broker.tagged_request_ids("rki") == [1, 2]
+    assert len(canned.seen) == 2
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "message"),
+    [
+        (Answer(500), UnavailableError, "answered the listing of tagged requests with HTTP 500"),
+        (Answer(401), ConfigError, r"refused the API key \(HTTP 401\)"),
+        (
+            Answer(302, headers=(("Location", "https://elsewhere.example/broker/"),)),
+            ConfigError, r"redirect \(HTTP 302\) to 'https://elsewhere.example/broker/'; set \[broker\] url",
+        ),
+        (Answer(200, LISTING, cut=20), UnavailableError, "the listing of tagged requests failed"),
+        (Answer(200, LISTING, delay=1.5), UnavailableError, "did not answer the listing of tagged requests within 0.5 s"),
+    ],
+    ids=["500", "401", "redirect", "truncated", "slow"],
+)
+def test_a_failed_listing_says_why(
+    canned: CannedBroker, answer: Answer, error: type[Exception], message: str
+) -> None:
+    canned.answers["/broker/request/filtered"] = [answer]
+    with Broker(settings(canned.url, timeout=0.5)) as broker, pytest.raises(error, match=message):
+        broker.tagged_request_ids("rki")
+    assert all(seen.path == "/broker/request/filtered" for seen in canned.seen)
+
+
+def test_a_failing_status_call_fails_only_that_request(canned: CannedBroker) -> None:
+    canned.answers["/broker/request/7/status"] = [Answer(500)]
+    with Broker(settings(canned.url)) as broker, pytest.raises(RequestFailed, match="status of request 7 with HTTP 500"):
+        broker.node_statuses(7)
+
+
+def test_nobody_listening_is_unreachable() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    with Broker(settings(url)) as broker, pytest.raises(UnavailableError, match=f"broker at {url} is unreachable"):
+        broker.tagged_request_ids("rki")
+
+
+def bundle(size: int) -> bytes:
+    return bytes(range(256)) * (size // 256)
+
+
+@pytest.mark.parametrize(
+    ("download", "message"),
+    [
+        (Answer(body=bundle(1 << 20), cut=300_000), "the download of request 3 broke off after"),
+        (Answer(body=bundle(3 << 20)), r"is 3 MiB, more than \[broker\] max_download_mib"),
+        (Answer(404), "the download of request 3 with HTTP 404"),
+    ],
+    ids=["cut", "too-large", "expired"],
+)
+def test_a_failed_download_leaves_a_clear_reason(
+    canned: CannedBroker, tmp_path: Path, download: Answer, message: str
+) -> None:
+    canned.answers["/broker/export/request-bundle/3"] = [Answer(body=b"0b6c-uuid\n")]
+    canned.answers["/broker/download/0b6c-uuid"] = [download]
+    with Broker(settings(canned.url)) as broker, pytest.raises(RequestFailed, match=message):
+        broker.export(3, tmp_path / "export_3.zip")
+
+
+def test_a_bundle_larger_than_a_read_is_downloaded_whole_and_the_pool_keeps_working(
+    canned: CannedBroker, tmp_path: Path
+) -> None:
+    data = bundle(3 << 19)
+    canned.answers["/broker/export/request-bundle/3"] = [Answer(body=b"0b6c-uuid")]
+    canned.answers["/broker/download/0b6c-uuid"] = [Answer(body=data, headers=(("Content-Type", "application/zip"),))]
+    canned.answers["/broker/request/3/status"] = [Answer(body=status_list(1))]
+    target = tmp_path / "export_3.zip"
+    with Broker(settings(canned.url)) as broker:
+        assert broker.export(3, target) == len(data)
+        assert [s.node for s in broker.node_statuses(3)] == [1]
+    assert target.read_bytes() == data
+    assert [seen.method for seen in canned.seen] == ["POST", "GET", "GET"]
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    directory = tmp_path_factory.mktemp("tls")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_file, key_file
+
+
+def test_tls_is_verified_against_the_configured_ca_only(certificate: tuple[Path, Path]) -> None:
+    server = CannedBroker(tls=certificate)
+    try:
+        server.answers["/broker/request/filtered"] = [Answer(body=LISTING)]
+        with Broker(settings(server.url)) as broker, pytest.raises(
+            UnavailableError, match=r"TLS to the broker at https://127.0.0.1:\d+ failed .*check \[broker\] ca_bundle"
+        ):
+            broker.tagged_request_ids("rki")
+        assert server.seen == []
+        with Broker(settings(server.url, ca_bundle=certificate[0])) as broker:
+            assert broker.tagged_request_ids("rki") == [1, 2]
+    finally:
+        server.stop()
