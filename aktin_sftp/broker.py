@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import http.client
 import logging
 import re
+import ssl
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from email.message import Message
 from pathlib import Path
 from urllib.parse import quote, urlencode
-
-import urllib3
-from urllib3.util.retry import Retry
 
 from aktin_sftp.config import BrokerConfig
 from aktin_sftp.errors import ConfigError, SyncError, UnavailableError
 from aktin_sftp.faults import checkpoint
+from aktin_sftp.keepalive import Answer, Connections
 from aktin_sftp.xmlsafe import declares_doctype
 
 log = logging.getLogger(__name__)
@@ -119,31 +121,10 @@ class Broker:
         self.config = config
         self.base = config.url
         self.headers = {"Authorization": f"Bearer {config.api_key.reveal()}"}
-        # urllib3 rather than requests: a run makes one status call per tagged request, and
-        # requests' per-call machinery (hooks, cookies, settings merging) doubled our CPU time for
-        # them. Like before, no proxy or CA variables from the environment are consulted: the
-        # config alone decides where we connect.
-        # Transient failures are retried with backoff; every call here is safe to repeat (an
-        # export only builds a new zip). A timed-out read is tried once more only: the broker may
-        # be building a large bundle, and each try waits the whole timeout.
-        retry = Retry(
-            total=3,
-            read=1,
-            backoff_factor=0.5,
-            status_forcelist=(502, 503, 504),
-            allowed_methods=None,
-            raise_on_status=False,
-        )
-        self.pool = urllib3.PoolManager(
-            maxsize=config.parallel,
-            retries=retry,
-            timeout=config.timeout,
-            cert_reqs="CERT_REQUIRED",
-            ca_certs=str(config.ca_bundle) if config.ca_bundle else None,
-        )
+        self.connections = Connections(config.url, config.timeout, config.ca_bundle)
 
     def close(self) -> None:
-        self.pool.clear()
+        self.connections.close()
 
     def __enter__(self) -> Broker:
         return self
@@ -152,113 +133,118 @@ class Broker:
         self.close()
 
     def version(self) -> str:
-        root = parse_xml(self._call("GET", "/broker/status", "the status call").data, "the status call")
+        root = parse_xml(self._call("GET", "/broker/status", "the status call").body, "the status call")
         versions = {m.get("id"): m.findtext(f"{NS}version") for m in root.iter(f"{NS}module")}
         return versions.get("broker-server") or "unknown"
 
     def tagged_request_ids(self, tag: str) -> list[int]:
         what = "the listing of tagged requests"
         query = urlencode({"type": REQUEST_TYPE, "predicate": tag_predicate(tag)})
-        response = self._call("GET", f"/broker/request/filtered?{query}", what)
-        return parse_request_ids(parse_xml(response.data, what))
+        answer = self._call("GET", f"/broker/request/filtered?{query}", what)
+        return parse_request_ids(parse_xml(answer.body, what))
 
     def all_node_statuses(self, request_ids: list[int]) -> dict[int, list[NodeStatus]]:
-        """Status of many requests over one keep-alive pool, `parallel` calls at a time."""
+        """Status of many requests over `parallel` keep-alive connections."""
         with ThreadPoolExecutor(self.config.parallel) as pool:
             return dict(zip(request_ids, pool.map(self.node_statuses, request_ids), strict=True))
 
     def still_tagged(self, request_id: int, tag: str) -> bool:
         """Checks a request missing from the filtered listing: the broker leaves out any
         definition it cannot parse, so absence alone does not prove deletion or untagging."""
-        response = self._call(
+        answer = self._call(
             "GET", f"/broker/request/{request_id}", f"the definition of request {request_id}",
             accept=REQUEST_TYPE, gone=GONE,
         )
-        return response.status not in GONE and keeps_tag(response.data, tag)
+        return answer.status not in GONE and keeps_tag(answer.body, tag)
 
     def node_statuses(self, request_id: int) -> list[NodeStatus]:
         what = f"the status of request {request_id}"
-        response = self._call("GET", f"/broker/request/{request_id}/status", what, per_request=True)
-        return parse_statuses(parse_xml(response.data, what), request_id)
+        answer = self._call("GET", f"/broker/request/{request_id}/status", what, per_request=True)
+        return parse_statuses(parse_xml(answer.body, what), request_id)
 
     def export(self, request_id: int, target: Path) -> int:
         """Has the broker build the request's bundle and streams it into `target`."""
         what = f"the export of request {request_id}"
-        response = self._call(
+        answer = self._call(
             "POST", f"/broker/export/request-bundle/{request_id}", what, accept="text/plain", per_request=True
         )
-        token = response.data.decode("utf-8", "replace").strip()
+        token = answer.body.decode("utf-8", "replace").strip()
         if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", token):
             raise RequestFailed(f"{what} answered {token[:40]!r} instead of a download id")
         what = f"the download of request {request_id}"
         limit = self.config.max_download_mib << 20
-        # Closed rather than returned to the pool: a download stopped early leaves unread bytes.
-        with closing(self._call("GET", f"/broker/download/{quote(token)}", what, per_request=True, stream=True)) as response:
-            expected = response.headers.get("Content-Length")
+        with self._stream("GET", f"/broker/download/{quote(token)}", what) as response:
+            expected = response.getheader("Content-Length")
             if expected is not None and expected.isdigit() and int(expected) > limit:
                 raise RequestFailed(f"{what} is {int(expected) >> 20} MiB, more than [broker] max_download_mib")
             size = 0
             with open(target, "wb") as handle:
-                try:
-                    for chunk in response.stream(DOWNLOAD_CHUNK):
-                        size += len(chunk)
-                        if size > limit:
-                            raise RequestFailed(f"{what} exceeded [broker] max_download_mib; stopped")
-                        handle.write(chunk)
-                        checkpoint("download")
-                except urllib3.exceptions.HTTPError as exc:
-                    raise RequestFailed(f"{what} broke off after {size} bytes ({_reason(exc)})") from None
+                while True:
+                    try:
+                        chunk = response.read(DOWNLOAD_CHUNK)
+                    except (OSError, http.client.HTTPException) as exc:
+                        raise RequestFailed(f"{what} broke off after {size} bytes ({_reason(exc)})") from None
+                    if not chunk:
+                        break
+                    size += len(chunk)
+                    if size > limit:
+                        raise RequestFailed(f"{what} exceeded [broker] max_download_mib; stopped")
+                    handle.write(chunk)
+                    checkpoint("download")
         if expected is not None and expected.isdigit() and int(expected) != size:
             raise RequestFailed(f"{what} broke off after {size} of {expected} bytes")
         return size
 
     def _call(
         self, method: str, path: str, what: str, accept: str | None = None, per_request: bool = False,
-        gone: tuple[int, ...] = (), stream: bool = False,
-    ) -> urllib3.BaseHTTPResponse:
-        headers = {**self.headers, "Accept": accept} if accept else self.headers
+        gone: tuple[int, ...] = (),
+    ) -> Answer:
         try:
-            # Redirects are not followed: one could carry the API key to another host or to
-            # plain HTTP. The error below names where it points instead.
-            response = self.pool.urlopen(
-                method, self.base + path, headers=headers, redirect=False, preload_content=not stream
-            )
-        except urllib3.exceptions.HTTPError as exc:
+            answer = self.connections.call(method, path, self._headers(accept))
+        except (OSError, http.client.HTTPException) as exc:
             raise self._unavailable(exc, what) from None
-        try:
-            self._check(response, what, per_request, gone)
-        except SyncError:
-            response.close()
-            raise
-        return response
+        self._check(answer.status, answer.headers, what, per_request, gone)
+        return answer
 
-    def _check(self, response: urllib3.BaseHTTPResponse, what: str, per_request: bool, gone: tuple[int, ...]) -> None:
-        if response.status in (401, 403):
+    @contextmanager
+    def _stream(self, method: str, path: str, what: str) -> Iterator[http.client.HTTPResponse]:
+        with ExitStack() as stack:
+            try:
+                response = stack.enter_context(self.connections.stream(method, path, self._headers(None)))
+            except (OSError, http.client.HTTPException) as exc:
+                raise self._unavailable(exc, what) from None
+            self._check(response.status, response.msg, what, True, ())
+            yield response
+
+    def _headers(self, accept: str | None) -> dict[str, str]:
+        return {**self.headers, "Accept": accept} if accept else self.headers
+
+    def _check(self, status: int, headers: Message, what: str, per_request: bool, gone: tuple[int, ...]) -> None:
+        if status in (401, 403):
             raise ConfigError(
-                f"broker refused the API key (HTTP {response.status}) for {what}; "
+                f"broker refused the API key (HTTP {status}) for {what}; "
                 "[broker] api_key must be an admin key (its DN has OU=admin)"
             )
-        if 300 <= response.status < 400:
+        if 300 <= status < 400:
+            # Not followed: a redirect could carry the API key to another host or to plain HTTP.
             raise ConfigError(
-                f"broker answered {what} with a redirect (HTTP {response.status}) to "
-                f"{response.headers.get('Location', 'nowhere')!r}; set [broker] url to where the broker is"
+                f"broker answered {what} with a redirect (HTTP {status}) to "
+                f"{headers.get('Location', 'nowhere')!r}; set [broker] url to where the broker is"
             )
-        if response.status >= 400 and response.status not in gone:
+        if status >= 400 and status not in gone:
             error = RequestFailed if per_request else UnavailableError
-            raise error(f"broker answered {what} with HTTP {response.status}")
+            raise error(f"broker answered {what} with HTTP {status}")
 
-    def _unavailable(self, exc: urllib3.exceptions.HTTPError, what: str) -> UnavailableError:
-        cause = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason else exc
-        if isinstance(cause, urllib3.exceptions.SSLError):
+    def _unavailable(self, exc: Exception, what: str) -> UnavailableError:
+        if isinstance(exc, ssl.SSLError):
             return UnavailableError(
                 f"TLS to the broker at {self.base} failed ({_reason(exc)}); check [broker] ca_bundle"
             )
-        # urllib3 counts NewConnectionError as a timeout; here it means nobody listens.
-        if isinstance(cause, urllib3.exceptions.NewConnectionError):
-            return UnavailableError(f"broker at {self.base} is unreachable ({_reason(exc)}); is it running?")
-        if isinstance(cause, urllib3.exceptions.TimeoutError):
+        if isinstance(exc, TimeoutError):
             return UnavailableError(f"broker at {self.base} did not answer {what} within {self.config.timeout:g} s")
-        return UnavailableError(f"{what} failed: {_reason(exc)}")
+        if isinstance(exc, http.client.HTTPException):
+            return UnavailableError(f"{what} failed: {_reason(exc)}")
+        return UnavailableError(f"broker at {self.base} is unreachable ({_reason(exc)}); is it running?")
 
 
 def _reason(exc: Exception) -> str:

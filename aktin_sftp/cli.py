@@ -83,8 +83,6 @@ def _setup_logging(verbose: bool) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     # paramiko logs every channel event at INFO; only its warnings matter to operators.
     logging.getLogger("paramiko").setLevel(logging.WARNING)
-    # urllib3 announces each retry with the whole URL; the final outcome is what we log.
-    logging.getLogger("urllib3").setLevel(logging.ERROR)
 
 
 def journal_handler() -> logging.Handler | None:

@@ -35,6 +35,7 @@ class Answer:
     headers: tuple[tuple[str, str], ...] = ()
     cut: int | None = None
     delay: float = 0.0
+    hang_up: bool = False
 
 
 @dataclass
@@ -74,7 +75,8 @@ class CannedBroker:
                 self.send_header("Content-Length", str(len(answer.body)))
                 self.end_headers()
                 self.wfile.write(answer.body[: answer.cut])
-                if answer.cut is not None:
+                # Closed without saying so (no Connection: close), as after an idle timeout.
+                if answer.cut is not None or answer.hang_up:
                     self.close_connection = True
 
             do_GET = do_POST = answer
@@ -127,6 +129,15 @@ def test_status_calls_share_keep_alive_connections_and_carry_the_key(canned: Can
     assert {i: [s.node for s in nodes] for i, nodes in statuses.items()} == {i: [i % 7] for i in ids}
     assert {seen.authorization for seen in canned.seen} == {f"Bearer {KEY}"}
     assert len({seen.client_port for seen in canned.seen}) <= 2
+
+
+def test_a_kept_alive_connection_the_server_closed_is_reopened(canned: CannedBroker) -> None:
+    canned.answers["/broker/request/5/status"] = [Answer(body=status_list(3), hang_up=True)]
+    with Broker(settings(canned.url)) as broker:
+        for _ in range(4):
+            assert [s.node for s in broker.node_statuses(5)] == [3]
+    assert len(canned.seen) == 4
+    assert len({seen.client_port for seen in canned.seen}) == 4
 
 
 def test_a_passing_503_is_retried(canned: CannedBroker) -> None:
