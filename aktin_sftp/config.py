@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aktin_sftp.crypto import InvalidKeyError, load_key
 from aktin_sftp.errors import ConfigError
@@ -251,6 +253,13 @@ class _Reader:
         url = self.string("broker", "url")
         if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
             self.fail("broker", "url", f"{url!r} is not an http:// or https:// URL")
+        parts = urlsplit(url)
+        try:
+            usable = bool(parts.hostname) and parts.port != 0
+        except ValueError:  # a port that is no number or out of range
+            usable = False
+        if not usable:
+            self.fail("broker", "url", f"{url!r} needs a host name and, if a port is given, one from 1 to 65535")
         # Both the server root and its /broker/ endpoint are common ways to write the address.
         url = re.sub(r"/broker/?$", "", url.rstrip("/"))
         tag = self.string("broker", "tag")
@@ -266,7 +275,7 @@ class _Reader:
             url=url,
             api_key=api_key,
             tag=tag,
-            ca_bundle=self.optional_path("broker", "ca_bundle", _readable_file),
+            ca_bundle=self.optional_path("broker", "ca_bundle", _certificates_file),
             timeout=self.number("broker", "timeout", 60, 1, 3600),
             # A few status calls at a time keep a run over hundreds of requests short without
             # loading the broker, which also serves the hospitals.
@@ -303,6 +312,17 @@ def _readable_file(path: Path) -> str | None:
         return "no such file"
     if not os.access(path, os.R_OK):
         return "not readable by this user"
+    return None
+
+
+def _certificates_file(path: Path) -> str | None:
+    problem = _readable_file(path)
+    if problem:
+        return problem
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except ssl.SSLError as exc:
+        return f"holds no PEM certificates TLS could use ({exc.reason or exc})"
     return None
 
 

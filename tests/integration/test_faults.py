@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import ROOT, Setup
 from tests.peers.broker import ADMIN_KEY, BrokerServer
+from tests.peers.certificate import self_signed
 from tests.peers.faults import BrokerProxy, CuttingTcpProxy, Rule
 from tests.peers.sshd import PASSWORD, UID, SshServer
 
@@ -231,12 +232,7 @@ def test_no_secret_reaches_output_state_remote_or_environment(setup: Setup, brok
 
 
 def test_tls_to_the_broker_is_verified_with_the_configured_ca(setup: Setup, broker_server: BrokerServer, tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )
+    cert, key = self_signed(tmp_path)
     proxy = BrokerProxy(broker_server.port, tls=(cert, key))
     try:
         request_id = broker_server.create_request([setup.tag])

@@ -8,17 +8,13 @@ import textwrap
 from pathlib import Path
 
 from tests.peers import free_port, stop, wait_for_port
+from tests.peers.certificate import self_signed
 
 
 class TlsFront:
     def __init__(self, directory: Path, backend_port: int) -> None:
         directory.mkdir(parents=True)
-        self.certificate, key = directory / "cert.pem", directory / "key.pem"
-        subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-             "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(self.certificate)],
-            check=True, capture_output=True,
-        )
+        self.certificate, key = self_signed(directory)
         self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
         config = directory / "nginx.conf"

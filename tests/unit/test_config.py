@@ -9,6 +9,7 @@ from cryptography.fernet import Fernet
 
 from aktin_sftp import config
 from aktin_sftp.errors import ConfigError
+from tests.peers.certificate import self_signed
 
 
 @pytest.fixture
@@ -79,6 +80,9 @@ def test_secrets_do_not_show_in_reprs(files: Path) -> None:
         ({"broker__api_key": '"k"'}, r"\[broker\] api_key: give either api_key or api_key_file"),
         ({"broker__api_key_file": '"nope"'}, r"\[broker\] api_key_file: .*nope: no such file"),
         ({"broker__ca_bundle": '"/nonexistent/ca.pem"'}, r"\[broker\] ca_bundle: /nonexistent/ca.pem: no such file"),
+        ({"broker__ca_bundle": '"known_hosts"'}, r"\[broker\] ca_bundle: .*known_hosts: holds no PEM certificates"),
+        ({"broker__url": '"https://broker.example.org:99999/"'}, r"\[broker\] url: .*if a port is given, one from 1 to 65535"),
+        ({"broker__url": '"http://:8080/broker"'}, r"\[broker\] url: .* needs a host name"),
         ({"sftp__password": "DROP"}, r"\[sftp\] password: missing \(give password, password_file or private_key_file\)"),
         ({"sftp__port": "70000"}, r"\[sftp\] port: must be between 1 and 65535"),
         ({"sftp__known_hosts": "DROP"}, r"\[sftp\] known_hosts: missing"),
@@ -147,10 +151,11 @@ def test_the_upstream_config_is_accepted(files: Path) -> None:
     with pytest.raises(ConfigError, match=r"SFTP.KNOWN_HOSTS: /etc/ssh/ssh_known_hosts: no such file"):
         config.load(write(files, UPSTREAM))
     text = UPSTREAM.replace("[SFTP]", f'[SFTP]\nKNOWN_HOSTS = "{files}/known_hosts"')
-    loaded = config.load(write(files, f'REQUESTS_CA_BUNDLE = "{files}/known_hosts"\n' + text))
+    ca, _ = self_signed(files)
+    loaded = config.load(write(files, f'REQUESTS_CA_BUNDLE = "{ca}"\n' + text))
     assert loaded.broker.url == "http://localhost:8080"
     assert loaded.broker.api_key.reveal() == "upstream-key"
-    assert loaded.broker.ca_bundle == files / "known_hosts"
+    assert loaded.broker.ca_bundle == ca
     assert loaded.sftp.timeout == 25
     assert loaded.sftp.folder == "rki"
     assert loaded.sftp.known_hosts == files / "known_hosts"
