@@ -4,12 +4,10 @@ Debian 12's urllib3 1.26; the real broker is in the integration tests."""
 
 from __future__ import annotations
 
-import ssl
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from aktin_sftp.config import BrokerConfig, Secret
 from aktin_sftp.errors import ConfigError, UnavailableError
 from tests.peers import free_port
 from tests.peers.certificate import self_signed
+from tests.peers.http_server import LocalHttpServer
 
 KEY = "xxxAdmin1234"
 
@@ -76,21 +75,11 @@ class CannedBroker:
 
             do_GET = do_POST = answer
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        scheme = "http"
-        if tls:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(*tls)
-            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-            scheme = "https"
-        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
+        self.http = LocalHttpServer(Handler, tls)
+        self.url = self.http.url
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.http.stop()
 
 
 def settings(url: str, timeout: float = 5, parallel: int = 2, ca_bundle: Path | None = None) -> BrokerConfig:
