@@ -150,9 +150,9 @@ class Bench:
         assert first.returncode == 0, first.stderr
         # A broker in service has long JIT-compiled its status path; a fresh one needs a few
         # thousand calls for that. Neither side is timed until then.
-        settings = config_module.load(config).broker
+        settings, ids = config_module.load(config).broker, self.tagged(config)
         for _ in range(WARM_UP_ROUNDS):
-            bare_status_calls(settings, self.tagged(config))
+            bare_status_calls(settings, ids)
         plain, reference = self.unchanged_runs(config, f"plain HTTP, first run {time.perf_counter() - started:.0f} s")
         rows = [plain, self.floor(config, reference)]
         # On a broker server, Apache or nginx terminates TLS in front of the broker; there a new
