@@ -150,24 +150,26 @@ class Bench:
         assert first.returncode == 0, first.stderr
         # A broker in service has long JIT-compiled its status path; a fresh one needs a few
         # thousand calls for that. Neither side is timed until then.
-        settings, ids = config_module.load(config).broker, self.tagged(config)
+        settings = config_module.load(config).broker
+        with Broker(settings) as broker:
+            ids = broker.tagged_request_ids(tag)
         for _ in range(WARM_UP_ROUNDS):
             bare_status_calls(settings, ids)
-        plain, reference = self.unchanged_runs(config, f"plain HTTP, first run {time.perf_counter() - started:.0f} s")
-        rows = [plain, self.floor(config, reference)]
+        plain, reference = self.unchanged_runs(config, len(ids), f"plain HTTP, first run {time.perf_counter() - started:.0f} s")
+        rows = [plain, self.floor(config, ids, reference)]
         # On a broker server, Apache or nginx terminates TLS in front of the broker; there a new
         # connection per call costs a TLS handshake each.
         front = TlsFront(self.work / "tls", self.broker.port)
         try:
             text = config.read_text().replace(self.broker.url, front.url)
             config.write_text(text.replace("timeout = 60", f'timeout = 60\nca_bundle = "{front.certificate}"'))
-            tls, reference = self.unchanged_runs(config, "HTTPS through nginx")
-            rows += [tls, self.floor(config, reference)]
+            tls, reference = self.unchanged_runs(config, len(ids), "HTTPS through nginx")
+            rows += [tls, self.floor(config, ids, reference)]
         finally:
             front.stop()
         return rows
 
-    def unchanged_runs(self, config: Path, how: str) -> tuple[Row, float]:
+    def unchanged_runs(self, config: Path, count: int, how: str) -> tuple[Row, float]:
         reference_command = [sys.executable, "-m", "tests.bench_reference", "unchanged", str(config)]
         ours, reference = best_in_turns(
             3,
@@ -175,7 +177,7 @@ class Bench:
             lambda: subprocess.run(reference_command, check=True, capture_output=True),
         )
         row = (
-            f"3. run over {len(self.tagged(config))} tagged requests, nothing changed ({how})",
+            f"3. run over {count} tagged requests, nothing changed ({how})",
             f"{ours:.2f} s",
             f"{reference:.2f} s (new connection per call, sequential)",
             f"{reference / ours:.1f}x faster",
@@ -183,7 +185,7 @@ class Bench:
         )
         return row, reference
 
-    def floor(self, config: Path, reference: float) -> Row:
+    def floor(self, config: Path, ids: list[int], reference: float) -> Row:
         """A lower bound for any Python client with our libraries on this machine: starting
         Python and importing them, plus the broker answering the listing and the status calls
         over bare keep-alive connections, `parallel` at a time (no SFTP at all). Its ratio is the
@@ -192,7 +194,6 @@ class Bench:
         with Broker(settings) as broker:
             imports = best_of(3, lambda: subprocess.run([sys.executable, "-c", "import aktin_sftp.cli"], check=True))
             listing = best_of(3, lambda: broker.tagged_request_ids(settings.tag))
-        ids = self.tagged(config)
         calls = best_of(3, lambda: bare_status_calls(settings, ids))
         total = imports + listing + calls
         return (
@@ -203,11 +204,6 @@ class Bench:
             f"{reference / total:.1f}x at best",
             "-",
         )
-
-    def tagged(self, config: Path) -> list[int]:
-        settings = config_module.load(config).broker
-        with Broker(settings) as broker:
-            return broker.tagged_request_ids(settings.tag)
 
     def state(self) -> list[Row]:
         rows: list[Row] = []
