@@ -11,24 +11,25 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import paramiko
 
 from aktin_sftp.config import SftpConfig
 from aktin_sftp.errors import ConfigError, SyncError, UnavailableError
 from aktin_sftp.faults import checkpoint
+from aktin_sftp.transfer import POSIX_RENAME, open_client
 
 log = logging.getLogger(__name__)
 
 
-READ_SIZE = 1 << 20
-# SFTP write request = length, type, id, handle string, offset, data string: 25 bytes + handle.
-WRITE_OVERHEAD = 25
+# SFTP write request = length, type, id, handle string, offset, data string: 25 bytes plus the
+# handle, which the protocol allows to be up to 256 bytes long.
+WRITE_OVERHEAD = 25 + 256
 OPENSSH_MAX_WRITE = 261120
 Progress = Callable[[int, int], None]
 # What a broken connection or a refusing server raises anywhere in paramiko.
-TRANSFER_ERRORS = (OSError, EOFError, paramiko.SSHException)
+TRANSFER_ERRORS = (OSError, EOFError, paramiko.SSHException, paramiko.SFTPError)
 PARTIAL = re.compile(r"\.(export_[0-9]+\.zip|status\.xml|aktin-speed-probe)\.part")
 
 
@@ -67,6 +68,16 @@ def _login_error(config: SftpConfig, exc: BaseException) -> SyncError:
     return UnavailableError(f"{where} is unreachable ({exc or type(exc).__name__})")
 
 
+def write_size(server: str, packet_size: int) -> int:
+    """As large as the server takes: paramiko spends most of an upload's time on per-request
+    Python work. OpenSSH's sftp-server takes 255 KiB per write (what it announces as
+    limits@openssh.com); other servers get requests that fit one SSH packet of at most the
+    SFTP drafts' 32 KiB."""
+    if server.startswith("SSH-2.0-OpenSSH"):
+        return OPENSSH_MAX_WRITE
+    return min(packet_size, 1 << 15) - WRITE_OVERHEAD
+
+
 def partial_name(name: str) -> str:
     """Where an upload lands until it is complete; hidden, and not matching `export_*.zip`."""
     return f".{name}.part"
@@ -100,7 +111,8 @@ class Remote:
             transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[union-attr]
             self.cipher: str = getattr(transport, "remote_cipher", "unknown")
             self.server: str = transport.remote_version
-            self.sftp = self.client.open_sftp()
+            self.sftp = open_client(transport)
+            self.write_size = write_size(self.server, self.sftp.sock.out_max_packet_size)
         except TRANSFER_ERRORS as exc:
             self.client.close()
             raise _login_error(config, exc) from None
@@ -118,62 +130,37 @@ class Remote:
         return posixpath.join(self.folder, name)
 
     def upload(self, local: Path, name: str, progress: Progress | None = None) -> int:
-        """Uploads under a temporary name, checks the size, then renames into place."""
+        """Uploads under a temporary name and renames it into place once the server has
+        confirmed every write and the close."""
         final, partial = self.path(name), self.path(partial_name(name))
         size = local.stat().st_size
+
+        def sent(count: int) -> None:
+            checkpoint(f"upload:{name}")
+            if progress:
+                progress(count, size)
+
         try:
-            self._write(local, partial, size, progress, name)
-            remote_size = self.sftp.stat(partial).st_size
-            if remote_size != size:
-                raise SyncError(
-                    f"upload of {final} ended at {remote_size} of {size} bytes (a full disk or quota on the server "
-                    "shows up this way)"
-                )
+            with open(local, "rb") as source:
+                written = self.sftp.write_file(partial, iter(lambda: source.read(self.write_size), b""), sent)
             checkpoint(f"rename:{name}")
             self._rename(partial, final)
         except TRANSFER_ERRORS as exc:
             raise self._transfer_error(f"upload of {final}", exc) from None
-        return size
-
-    def _write(self, local: Path, remote: str, size: int, progress: Progress | None, name: str) -> None:
-        with open(local, "rb") as source, self._open_for_upload(remote) as target:
-            sent = 0
-            while chunk := source.read(READ_SIZE):
-                target.write(chunk)
-                sent += len(chunk)
-                checkpoint(f"upload:{name}")
-                if progress:
-                    progress(sent, size)
-
-    def _open_for_upload(self, remote: str) -> paramiko.SFTPFile:
-        """Pipelined writes, as large as the server takes: paramiko spends most of an upload's
-        time on per-request Python work. OpenSSH's sftp-server takes 255 KiB per write (what it
-        announces as limits@openssh.com); other servers get requests that fill exactly one SSH
-        packet (paramiko's default size plus the header would spill into a second, tiny one)."""
-        target = self.sftp.open(remote, "wb")
-        target.set_pipelined(True)
-        if self.server.startswith("SSH-2.0-OpenSSH"):
-            target.MAX_REQUEST_SIZE = OPENSSH_MAX_WRITE
-        else:
-            packet = min(self.sftp.sock.out_max_packet_size, 1 << 15)
-            target.MAX_REQUEST_SIZE = packet - WRITE_OVERHEAD - len(cast(bytes, target.handle))
-        return target
+        return written
 
     def measure_upload(self, size: int) -> float:
         """Bytes per second for `size` random bytes written to a hidden file, removed again."""
         probe = self.path(partial_name("aktin-speed-probe"))
-        block = os.urandom(READ_SIZE)
-        blocks = max(1, size // READ_SIZE)
+        block = os.urandom(self.write_size)
         try:
             started = time.monotonic()
-            with self._open_for_upload(probe) as target:
-                for _ in range(blocks):
-                    target.write(block)
+            written = self.sftp.write_file(probe, (block for _ in range(max(1, size // len(block)))))
             seconds = time.monotonic() - started
             self.sftp.remove(probe)
         except TRANSFER_ERRORS as exc:
             raise self._transfer_error(f"speed probe {probe}", exc) from None
-        return blocks * READ_SIZE / seconds
+        return written / seconds
 
     def remove(self, name: str) -> bool:
         """Removes a file; False when it was not there (anymore)."""
@@ -211,17 +198,13 @@ class Remote:
         return SyncError(f"{what} failed: {exc or type(exc).__name__} (a full disk or quota on the server shows up this way)")
 
     def _rename(self, source: str, target: str) -> None:
-        try:
+        if self.sftp.announces(POSIX_RENAME):
             self.sftp.posix_rename(source, target)
-        except OSError as exc:
-            # Servers without the posix-rename extension refuse to rename onto an existing
-            # file: the old file goes first, so the final name is briefly absent, never partial.
-            if "posix-rename" not in str(exc) and "Operation unsupported" not in str(exc):
-                raise
-            log.warning("SFTP server lacks posix-rename; replacing %s in two steps", target)
-            try:
-                self.sftp.remove(target)
-            except FileNotFoundError:
-                pass
-            self.sftp.rename(source, target)
-
+            return
+        # Without posix-rename a server refuses to rename onto an existing file: the old file
+        # goes first, so the final name is briefly absent, never partial.
+        try:
+            self.sftp.remove(target)
+        except FileNotFoundError:
+            pass
+        self.sftp.rename(source, target)

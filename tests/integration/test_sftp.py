@@ -10,7 +10,7 @@ import pytest
 
 from aktin_sftp.config import Secret, SftpConfig
 from aktin_sftp.errors import ConfigError, SyncError, UnavailableError
-from aktin_sftp.sftp import Remote
+from aktin_sftp.sftp import Remote, write_size
 from tests.peers import free_port
 from tests.peers.sshd import PASSWORD, UID, USER, SshServer
 
@@ -39,7 +39,7 @@ def test_upload_replaces_the_file_whole_and_leaves_no_partial(
         with Remote(settings(ssh_server, folder)) as remote:
             if server == "not OpenSSH":
                 # The request size for servers that promise no more than the SFTP drafts' 32 KiB.
-                remote.server = "SSH-2.0-SomeOtherServer"
+                remote.write_size = write_size("SSH-2.0-SomeOtherServer", remote.sftp.sock.out_max_packet_size)
             assert remote.upload(local, "export_1.zip") == len(content)
         assert (folder / "export_1.zip").read_bytes() == content
         assert sorted(p.name for p in folder.iterdir()) == ["export_1.zip"]
