@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import pwd
-import shutil
+import re
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +27,10 @@ from aktin_sftp.state import Entry, StatusFile, now
 log = logging.getLogger(__name__)
 
 STATUS_NAME = "status.xml"
+# Local files of a delivery in progress live in the state directory under names no operator
+# would choose, so that a run can clean up after a crash without touching anything else.
+WORK_PREFIX = ".aktin-broker-sftp."
+_LEFTOVER = re.compile(re.escape(WORK_PREFIX) + r"export_[0-9]+\.zip\.(download|fernet)")
 
 
 def result_name(request_id: int) -> str:
@@ -60,7 +64,8 @@ def run(config: Config, dry_run: bool = False, show: Callable[[str], None] = pri
             )
             remote = connected()
             remote.remove_partials()
-            delivery = _Delivery(broker, remote, store, entries, key, _clean_work_dir(config.state_dir))
+            _drop_leftovers(config.state_dir)
+            delivery = _Delivery(broker, remote, store, entries, key, config.state_dir)
             delivery.deliver_all(plan.deliver, observed)
             delivery.remove_all(plan.remove, config.broker.tag)
             delivery.publish_status()
@@ -88,9 +93,10 @@ def observe(broker: Broker, tag: str) -> dict[int, Observed]:
 
 def deliver(broker: Broker, remote: Remote, key: bytes, work: Path, request_id: int) -> int:
     """Export, download, encrypt and upload one request's bundle; returns the uploaded size.
-    Each step streams through files in `work`, so memory stays flat whatever the size."""
-    plain = work / f"{result_name(request_id)}.download"
-    token = work / f"{result_name(request_id)}.fernet"
+    Each step streams through files in `work` (the state directory), so memory stays flat
+    whatever the size."""
+    plain = work / f"{WORK_PREFIX}{result_name(request_id)}.download"
+    token = work / f"{WORK_PREFIX}{result_name(request_id)}.fernet"
     try:
         broker.export(request_id, plain)
         with open(plain, "rb") as source, open_private(token) as target:
@@ -222,12 +228,12 @@ def _prepare(state_dir: Path) -> None:
         )
 
 
-def _clean_work_dir(state_dir: Path) -> Path:
-    """Downloads and tokens of an interrupted run are dropped; their requests are still due."""
-    work = state_dir / "work"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(mode=0o700)
-    return work
+def _drop_leftovers(state_dir: Path) -> None:
+    """Downloads and tokens of an interrupted run are dropped; their requests are still due.
+    Only files under our own names go: the state directory may be an operator's folder."""
+    for path in state_dir.iterdir():
+        if _LEFTOVER.fullmatch(path.name) and path.is_file():
+            path.unlink()
 
 
 def _ids(ids: tuple[int, ...]) -> str:

@@ -56,6 +56,11 @@ def test_killed_run_then_clean_run_equals_an_uninterrupted_run(
         # Large enough that download, encryption and upload each take several chunks.
         hospital.submit(request_id, os.urandom(3 << 20), "application/octet-stream")
     gone = broker_server.create_request([setup.tag])
+    # An operator's own files where the state lives (upstream's WORKING_DIR is often /opt).
+    setup.state_dir.mkdir()
+    (setup.state_dir / "work").mkdir()
+    (setup.state_dir / "work" / "operator.txt").write_text("mine")
+    (setup.state_dir / "notes.txt").write_text("mine too")
     assert setup.run("run").returncode == 0
     broker_server.delete_request(gone)
     broker_server.nodes["Sachsenklinik"].submit(ids[0], b"second hospital")
@@ -81,5 +86,6 @@ def test_killed_run_then_clean_run_equals_an_uninterrupted_run(
         "status.xml": {**comparable_state(tmp_path / "ref"), gone: comparable_state(setup.state_dir)[gone]},
     }
     assert comparable_state(setup.state_dir)[gone][2] == "deleted"
-    assert sorted(p.name for p in setup.state_dir.iterdir()) == ["lock", "status.xml", "status.xml.prev", "work"]
-    assert list((setup.state_dir / "work").iterdir()) == []
+    assert sorted(p.name for p in setup.state_dir.iterdir()) == ["lock", "notes.txt", "status.xml", "status.xml.prev", "work"]
+    assert [p.name for p in (setup.state_dir / "work").iterdir()] == ["operator.txt"]
+    assert (setup.state_dir / "notes.txt").read_text() == "mine too"

@@ -23,3 +23,15 @@ def test_root_does_not_write_into_the_service_users_state(tmp_path: Path) -> Non
 def test_the_state_directory_is_created_private(tmp_path: Path) -> None:
     sync._prepare(tmp_path / "a" / "state")
     assert (tmp_path / "a" / "state").stat().st_mode & 0o077 == 0
+
+
+def test_only_our_own_leftovers_are_dropped(tmp_path: Path) -> None:
+    ours = [tmp_path / f".aktin-broker-sftp.export_{i}.zip.{kind}" for i, kind in ((1, "download"), (22, "fernet"))]
+    foreign = [tmp_path / name for name in ("work", "export_1.zip.download", ".aktin-broker-sftp.notes", "lock.txt")]
+    for path in ours + foreign[1:]:
+        path.write_bytes(b"x")
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "operator.txt").write_bytes(b"mine")
+    sync._drop_leftovers(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in foreign)
+    assert (tmp_path / "work" / "operator.txt").read_bytes() == b"mine"
