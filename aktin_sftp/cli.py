@@ -154,12 +154,16 @@ def _keygen(args: argparse.Namespace) -> None:
 
 def _decrypt(args: argparse.Namespace) -> None:
     key = crypto.load_key(args.key_file)
+    # Plain bytes land in a private partial file and take the output's name only once the
+    # token's MAC has been checked; whatever goes wrong, the partial file goes.
     partial = args.output.with_name(f".{args.output.name}.part")
-    with open_private(partial) as target:
-        try:
-            crypto.decrypt_file(key, args.input, target)
-        except crypto.InvalidTokenError as exc:
-            partial.unlink()
-            raise crypto.InvalidTokenError(f"{args.input}: {exc}") from None
-    os.replace(partial, args.output)
+    try:
+        with open_private(partial) as target:
+            try:
+                crypto.decrypt_file(key, args.input, target)
+            except crypto.InvalidTokenError as exc:
+                raise crypto.InvalidTokenError(f"{args.input}: {exc}") from None
+        os.replace(partial, args.output)
+    finally:
+        partial.unlink(missing_ok=True)
     print(f"{args.output}: decrypted")

@@ -74,36 +74,35 @@ def encrypt_stream(key: bytes, source: BinaryIO, target: BinaryIO, now: int | No
 
 
 def decrypt_file(key: bytes, source: Path, target: BinaryIO) -> None:
-    """Checks the token's MAC over the whole file first, then writes the plain bytes."""
+    """Decrypts the token in one pass, checking its MAC as it goes. The bytes written to `target`
+    are trustworthy only once this returns: on InvalidTokenError the caller must discard them.
+    (Checking first and decrypting a second read would trust a file that changed in between.)"""
     signer = hmac.HMAC(key[:16], hashes.SHA256())
+    unpadder = padding.PKCS7(128).unpadder()
+    decryptor = None
     held = b""
-    size = 0
+    body_size = 0
     for chunk in _decoded(source):
         held += chunk
-        size += len(chunk)
-        signer.update(held[:-MAC_SIZE])
-        held = held[-MAC_SIZE:]
-    if size < HEADER_SIZE + 16 + MAC_SIZE:
+        if decryptor is None:
+            if len(held) < HEADER_SIZE + MAC_SIZE:
+                continue
+            header, held = held[:HEADER_SIZE], held[HEADER_SIZE:]
+            if header[:1] != VERSION:
+                raise InvalidTokenError("not a Fernet token (unknown version byte)")
+            signer.update(header)
+            decryptor = Cipher(algorithms.AES(key[16:]), modes.CBC(header[9:25])).decryptor()
+        # The last 32 bytes seen so far may be the MAC, so they wait for the next chunk.
+        body, held = held[:-MAC_SIZE], held[-MAC_SIZE:]
+        body_size += len(body)
+        signer.update(body)
+        target.write(unpadder.update(decryptor.update(body)))
+    if decryptor is None or body_size < 16:
         raise InvalidTokenError("too short to be a Fernet token")
     try:
         signer.verify(held)
     except InvalidSignature as exc:
         raise InvalidTokenError("wrong key, or the file was changed or cut short") from exc
-    body_end = size - MAC_SIZE
-    position = 0
-    decryptor = None
-    unpadder = padding.PKCS7(128).unpadder()
-    for chunk in _decoded(source):
-        start, position = position, position + len(chunk)
-        if decryptor is None:
-            header = chunk[:HEADER_SIZE]
-            if header[:1] != VERSION:
-                raise InvalidTokenError("not a Fernet token (unknown version byte)")
-            decryptor = Cipher(algorithms.AES(key[16:]), modes.CBC(header[9:25])).decryptor()
-            chunk, start = chunk[HEADER_SIZE:], HEADER_SIZE
-        chunk = chunk[: max(0, body_end - start)]
-        target.write(unpadder.update(decryptor.update(chunk)))
-    assert decryptor is not None
     try:
         target.write(unpadder.update(decryptor.finalize()) + unpadder.finalize())
     except ValueError as exc:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import io
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
 
-from aktin_sftp import crypto
+from aktin_sftp import cli, crypto
 
 SIZES = [0, 1, 15, 16, 17, crypto.CHUNK - 1, crypto.CHUNK, crypto.CHUNK + 1, 3 * crypto.CHUNK + 7]
 
@@ -46,17 +48,51 @@ def test_fernet_tokens_decrypt_with_ours(key: bytes, size: int, tmp_path: Path) 
     assert out.getvalue() == plain
 
 
-def test_changed_token_or_wrong_key_is_refused_before_any_output(key: bytes, tmp_path: Path) -> None:
-    token = bytearray(Fernet(key).encrypt(os.urandom(1000)))
+def decrypt_command(key: bytes, tmp_path: Path, token: Path) -> int:
+    (tmp_path / "key").write_bytes(key)
+    (tmp_path / "key").chmod(0o600)
+    return cli.main(["decrypt", "--key-file", str(tmp_path / "key"), str(token), str(tmp_path / "out.zip")])
+
+
+def test_changed_token_or_wrong_key_leaves_no_output(key: bytes, tmp_path: Path) -> None:
+    token = bytearray(Fernet(key).encrypt(os.urandom(3 * crypto.CHUNK)))
     token[100] = ord("A") if token[100] != ord("A") else ord("B")
     (tmp_path / "token").write_bytes(bytes(token))
-    out = io.BytesIO()
-    with pytest.raises(crypto.InvalidTokenError, match="wrong key"):
-        crypto.decrypt_file(base64.urlsafe_b64decode(key), tmp_path / "token", out)
+    assert decrypt_command(key, tmp_path, tmp_path / "token") == 1
     (tmp_path / "token").write_bytes(Fernet(Fernet.generate_key()).encrypt(b"x"))
-    with pytest.raises(crypto.InvalidTokenError):
-        crypto.decrypt_file(base64.urlsafe_b64decode(key), tmp_path / "token", out)
-    assert out.getvalue() == b""
+    assert decrypt_command(key, tmp_path, tmp_path / "token") == 1
+    assert decrypt_command(key, tmp_path, tmp_path / "missing") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["key", "token"]
+
+
+def test_a_file_that_changes_while_it_is_read_is_read_once(key: bytes, tmp_path: Path) -> None:
+    """A FIFO gives a good token to the first reader and another one to the next: what is
+    decrypted must be what was checked."""
+    fifo = tmp_path / "token"
+    os.mkfifo(fifo)
+
+    def serve() -> None:
+        for plain in (b"checked", b"swapped"):
+            with open(fifo, "wb") as handle:
+                handle.write(Fernet(key).encrypt(plain))
+            # Lets the reader see the end of the first file before the second one is offered.
+            time.sleep(0.3)
+
+    writer = threading.Thread(target=serve, daemon=True)
+    writer.start()
+    assert decrypt_command(key, tmp_path, fifo) == 0
+    assert (tmp_path / "out.zip").read_bytes() == b"checked"
+    with open(fifo, "rb") as handle:
+        handle.read()
+    writer.join(5)
+
+
+# The second one fills a whole read with whitespace, so that the first decoded piece is empty.
+@pytest.mark.parametrize("space", [b"  \n", b" " * (crypto.CHUNK // 3 * 4)])
+def test_a_token_with_surrounding_whitespace_decrypts(key: bytes, tmp_path: Path, space: bytes) -> None:
+    (tmp_path / "token").write_bytes(space + Fernet(key).encrypt(b"zip bytes") + b"\n")
+    assert decrypt_command(key, tmp_path, tmp_path / "token") == 0
+    assert (tmp_path / "out.zip").read_bytes() == b"zip bytes"
 
 
 @pytest.mark.parametrize("text", [b"", b"short", b"A" * 44, b"!" * 44])
