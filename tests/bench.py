@@ -44,15 +44,12 @@ def main() -> int:
     parser.add_argument("--full", action="store_true", help="full sizes: 64 MiB to 1 GiB bundles, 1 GiB upload")
     parser.add_argument("--requests", type=int, default=500)
     args = parser.parse_args()
-    lib = broker_peer.classpath()
-    if isinstance(lib, str):
-        print(f"bench needs the AKTIN Broker: {lib}", file=sys.stderr)
-        return 1
     bundle_sizes = [64, 256, 1024] if args.full else [16, 64]
     upload_size = 1024 if args.full else 256
     with tempfile.TemporaryDirectory(prefix="aktin-sftp-bench-") as temporary:
         work = Path(temporary)
-        broker = broker_peer.BrokerServer(lib, work / "broker")
+        broker = broker_peer.start(work / "broker")
+        print(f"broker: {broker.kind}", flush=True)
         sshd = SshServer(work / "sshd")
         bench = Bench(work, broker, sshd)
         try:
@@ -97,7 +94,7 @@ class Bench:
                 [sys.executable, "-m", "tests.bench_reference", "delivery", str(reference), str(request_id)]
             )
             rows.append((
-                f"1. peak RSS of a run delivering a {size} MiB bundle",
+                f"1. peak RSS of a run delivering a {size} MiB bundle [{self.broker.short}]",
                 f"{ours_rss:.0f} MiB ({ours_seconds:.1f} s)",
                 f"{reference_rss:.0f} MiB ({reference_seconds:.1f} s)",
                 f"{ours_rss / reference_rss:.2f}",
@@ -177,7 +174,7 @@ class Bench:
             lambda: subprocess.run(reference_command, check=True, capture_output=True),
         )
         row = (
-            f"3. run over {count} tagged requests, nothing changed ({how})",
+            f"3. run over {count} tagged requests, nothing changed ({how}) [{self.broker.short}]",
             f"{ours:.2f} s",
             f"{reference:.2f} s (new connection per call, sequential)",
             f"{reference / ours:.1f}x faster",
@@ -197,7 +194,8 @@ class Bench:
         calls = best_of(3, lambda: bare_status_calls(settings, ids))
         total = imports + listing + calls
         return (
-            f"3. floor over {'HTTPS' if settings.url.startswith('https') else 'HTTP'}: Python start and imports + "
+            f"3. [{self.broker.short}] floor over {'HTTPS' if settings.url.startswith('https') else 'HTTP'}: "
+            "Python start and imports + "
             f"listing + {len(ids)} bare status calls, {settings.parallel} at a time",
             f"{imports:.2f} + {listing:.2f} + {calls:.2f} = {total:.2f} s",
             f"{reference:.2f} s (the row above)",

@@ -23,12 +23,14 @@ if os.environ.get("AKTIN_SFTP_HIDE_TOMLLIB"):
     sys.modules["tomllib"] = None  # type: ignore[assignment]
 
 
+def pytest_report_header() -> str:
+    return f"AKTIN Broker: {broker_peer.which()}"
+
+
 @pytest.fixture(scope="session")
 def broker_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[broker_peer.BrokerServer]:
-    lib = broker_peer.classpath()
-    if isinstance(lib, str):
-        pytest.skip(lib)
-    server = broker_peer.BrokerServer(lib, tmp_path_factory.mktemp("broker"))
+    """The real broker where its jars are present, else the double held to it."""
+    server = broker_peer.start(tmp_path_factory.mktemp("broker"))
     yield server
     server.stop()
 

@@ -1,8 +1,9 @@
 """`make demo`: one delivery on a local default.
 
-Starts the real AKTIN Broker and an OpenSSH sshd on 127.0.0.1, lets two hospitals answer a few
-tagged requests, runs `aktin-broker-sftp run` once, prints `status` and the remote folder, and
-stops both servers again.
+Starts an AKTIN Broker (the real one where its jars are present, else the double held to it)
+and an OpenSSH sshd on 127.0.0.1, lets two hospitals answer a few tagged requests, runs
+`aktin-broker-sftp run` once, prints `status`, the remote folder and what one delivered file
+holds once decrypted, and stops both servers again.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 from tests.peers import broker as broker_peer
@@ -20,13 +22,10 @@ TAG = "rki"
 
 
 def main() -> int:
-    lib = broker_peer.classpath()
-    if isinstance(lib, str):
-        print(f"demo needs the AKTIN Broker: {lib}", file=sys.stderr)
-        return 1
     with tempfile.TemporaryDirectory(prefix="aktin-sftp-demo-") as temporary:
         work = Path(temporary)
-        broker = broker_peer.BrokerServer(lib, work / "broker")
+        print(f"starting {broker_peer.which()}", flush=True)
+        broker = broker_peer.start(work / "broker")
         try:
             sshd = SshServer(work / "sshd")
             try:
@@ -52,12 +51,21 @@ def demo(work: Path, broker: broker_peer.BrokerServer, sshd: SshServer) -> int:
     command = [sys.executable, "-m", "aktin_sftp", "--config", str(config)]
     print(f"$ aktin-broker-sftp --config {config} run", flush=True)
     code = subprocess.run([*command, "run"]).returncode
+    if code:
+        return code
     print(f"\n$ aktin-broker-sftp --config {config} status", flush=True)
-    subprocess.run([*command, "status"])
+    subprocess.run([*command, "status"], check=True)
     print(f"\nremote folder {SshServer.remote(folder)}:")
     for path in sorted(folder.iterdir()):
         print(f"  {path.name:20} {path.stat().st_size:>8} bytes")
-    return code
+    delivered = sorted(folder.glob("export_*.zip"))[-1]
+    plain = work / "decrypted.zip"
+    print(f"\n$ aktin-broker-sftp decrypt --key-file {key_file} {delivered.name} decrypted.zip", flush=True)
+    subprocess.run([*command, "decrypt", "--key-file", str(key_file), str(delivered), str(plain)], check=True)
+    with zipfile.ZipFile(plain) as bundle:
+        for entry in bundle.infolist():
+            print(f"  {entry.filename:30} {entry.file_size:>6} bytes")
+    return 0
 
 
 if __name__ == "__main__":

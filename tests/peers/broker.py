@@ -1,5 +1,5 @@
-"""The real AKTIN Broker (released jars), started for a test session, and the calls the tests
-make on it as its administrator and as hospitals."""
+"""The AKTIN Broker for a test session: the real one (1.5.1, where its jars are present) or the
+double held to it, and the calls the tests make on it as its administrator and as hospitals."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import subprocess
 import time
 import xml.etree.ElementTree as ET
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 from xml.sax.saxutils import escape
@@ -30,18 +31,45 @@ POM = Path(__file__).resolve().parent.parent / "broker" / "pom.xml"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "aktin-broker-sftp"
 
 
-def classpath() -> Path | str:
-    """The directory of the broker's jars, or the reason there is none."""
+NO_JARS_HINT = f"AKTIN_BROKER_LIB or {CACHE}/broker-{BROKER_VERSION}/lib would name them"
+NO_JARS = (
+    f"no AKTIN Broker {BROKER_VERSION} jars (its server artifacts are on no registry this project reaches); "
+    + NO_JARS_HINT
+)
+
+
+def classpath() -> Path | None:
+    """The directory of the real broker's jars, if this machine has them."""
     if os.environ.get("AKTIN_BROKER_LIB"):
         return Path(os.environ["AKTIN_BROKER_LIB"])
     lib = CACHE / f"broker-{BROKER_VERSION}" / "lib"
     if (lib / f"broker-admin-{BROKER_VERSION}.jar").exists():
         return lib
-    return (
-        f"no AKTIN Broker {BROKER_VERSION} jars: Maven could not resolve org.aktin:broker-admin:{BROKER_VERSION} "
-        f"into {lib} (the broker's server artifacts are not on Maven Central); set AKTIN_BROKER_LIB to a "
-        "directory of the broker's runtime jars"
-    )
+    return None
+
+
+def which() -> str:
+    """The session's broker, as the test report's header and the demo name it."""
+    lib = classpath()
+    if lib is not None:
+        return f"the real AKTIN Broker {BROKER_VERSION} (jars in {lib})"
+    return f"the AKTIN Broker double (no real broker jars on this machine; {NO_JARS_HINT})"
+
+
+def start(directory: Path) -> BrokerServer:
+    """The real broker where its jars are present, the double everywhere else."""
+    lib = classpath()
+    if lib is not None:
+        return RealBroker(lib, directory)
+    from tests.broker_double.server import BrokerDouble
+
+    return BrokerDouble(directory)
+
+
+def write_api_keys(directory: Path) -> None:
+    keys = [f"{ADMIN_KEY}=CN=Admin,O=AKTIN,OU=admin"]
+    keys += [f"{key}=CN={name},O={name},L=Test" for name, key in NODE_KEYS.items()]
+    (directory / "api-keys.properties").write_text("\n".join(keys) + "\n", encoding="iso-8859-1")
 
 
 def request_xml(title: str, tags: list[str], prefix: str = "") -> str:
@@ -60,44 +88,36 @@ def request_xml(title: str, tags: list[str], prefix: str = "") -> str:
 
 
 class BrokerServer:
-    def __init__(self, lib: Path, directory: Path) -> None:
-        self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
-        keys = [f"{ADMIN_KEY}=CN=Admin,O=AKTIN,OU=admin"]
-        keys += [f"{key}=CN={name},O={name},L=Test" for name, key in NODE_KEYS.items()]
-        (directory / "api-keys.properties").write_text("\n".join(keys) + "\n", encoding="iso-8859-1")
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(directory / "broker.log", "wb")
-        self.process = subprocess.Popen(
-            [
-                shutil.which("java") or "java", "-Xmx512m", "-cp", f"{lib}/*",
-                "-Daktin.broker.password=test-admin-password",
-                "org.aktin.broker.admin.standalone.HttpServer", f"127.0.0.1:{self.port}",
-            ],
-            cwd=directory, stdout=self.log, stderr=subprocess.STDOUT,
-        )
-        self._wait()
-        self.admin = requests.Session()
-        self.admin.headers["Authorization"] = f"Bearer {ADMIN_KEY}"
-        self.nodes = {name: Hospital(self.url, key) for name, key in NODE_KEYS.items()}
+    """An AKTIN Broker on 127.0.0.1 and the calls the tests make on it as its administrator
+    and as hospitals; `kind` says which broker it is."""
 
-    def _wait(self) -> None:
+    kind = ""
+    short = ""
+    port = 0
+
+    def _ready(self, alive: Callable[[], str | None], hospitals: bool) -> None:
+        """Waits until the broker answers (`alive` says why it never will), then registers the
+        hospitals unless told not to."""
+        self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"broker exited: {(self.directory / 'broker.log').read_text()[-2000:]}")
+        while True:
+            problem = alive()
+            if problem:
+                raise RuntimeError(problem)
             try:
                 if requests.get(f"{self.url}/broker/status", timeout=2).status_code == 200:
-                    return
+                    break
             except requests.ConnectionError:
                 pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.kind} did not start within 90 s")
             time.sleep(0.3)
-        raise RuntimeError("broker did not start within 90 s")
+        self.admin = requests.Session()
+        self.admin.headers["Authorization"] = f"Bearer {ADMIN_KEY}"
+        self.nodes = {name: Hospital(self.url, key) for name, key in NODE_KEYS.items()} if hospitals else {}
 
     def stop(self) -> None:
-        stop(self.process, 20)
-        self.log.close()
+        raise NotImplementedError
 
     def create_request(self, tags: list[str], title: str = "test", prefix: str = "", publish: bool = True) -> int:
         response = self.admin.post(
@@ -158,6 +178,36 @@ class Hospital:
             headers={"Content-Type": "text/plain"},
         )
         assert response.ok, response.text
+
+
+class RealBroker(BrokerServer):
+    kind = f"the real AKTIN Broker {BROKER_VERSION}"
+    short = f"real broker {BROKER_VERSION}"
+
+    def __init__(self, lib: Path, directory: Path, hospitals: bool = True) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        write_api_keys(directory)
+        self.port = free_port()
+        self.log = open(directory / "broker.log", "wb")
+        self.process = subprocess.Popen(
+            [
+                shutil.which("java") or "java", "-Xmx512m", "-cp", f"{lib}/*",
+                "-Daktin.broker.password=test-admin-password",
+                "org.aktin.broker.admin.standalone.HttpServer", f"127.0.0.1:{self.port}",
+            ],
+            cwd=directory, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        self._ready(self._exited, hospitals)
+
+    def _exited(self) -> str | None:
+        if self.process.poll() is None:
+            return None
+        return f"broker exited: {(self.directory / 'broker.log').read_text()[-2000:]}"
+
+    def stop(self) -> None:
+        stop(self.process, 20)
+        self.log.close()
 
 
 def zip_entries(data: bytes) -> dict[str, bytes]:
