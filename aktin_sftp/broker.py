@@ -143,10 +143,17 @@ class Broker:
         answer = self._call("GET", f"/broker/request/filtered?{query}", what)
         return parse_request_ids(parse_xml(answer.body, what))
 
-    def all_node_statuses(self, request_ids: list[int]) -> dict[int, list[NodeStatus]]:
-        """Status of many requests over `parallel` keep-alive connections."""
+    def all_node_statuses(self, request_ids: list[int]) -> dict[int, list[NodeStatus] | RequestFailed]:
+        """Status of many requests over `parallel` keep-alive connections; a request whose
+        status call failed maps to its failure, so that the others can go on."""
         with ThreadPoolExecutor(self.config.parallel) as pool:
-            return dict(zip(request_ids, pool.map(self.node_statuses, request_ids), strict=True))
+            return dict(zip(request_ids, pool.map(self._node_statuses_or_failure, request_ids), strict=True))
+
+    def _node_statuses_or_failure(self, request_id: int) -> list[NodeStatus] | RequestFailed:
+        try:
+            return self.node_statuses(request_id)
+        except RequestFailed as exc:
+            return exc
 
     def still_tagged(self, request_id: int, tag: str) -> bool:
         """Checks a request missing from the filtered listing: the broker leaves out any

@@ -55,10 +55,14 @@ def completion(statuses: Iterable[NodeStatus]) -> str:
     return str(round(done / len(statuses), 2))
 
 
-def make_plan(observed: Iterable[Observed], known: Mapping[int, Entry], max_delete: int) -> Plan:
+def make_plan(
+    observed: Iterable[Observed], known: Mapping[int, Entry], max_delete: int, unobserved: Iterable[int] = ()
+) -> Plan:
+    """`unobserved` are listed requests whose status could not be read: neither delivered nor
+    removed in this run."""
     deliver: list[tuple[int, Reason]] = []
     unchanged: list[int] = []
-    listed: set[int] = set()
+    listed: set[int] = set(unobserved)
     for request in sorted(observed, key=lambda r: r.id):
         listed.add(request.id)
         entry = known.get(request.id)

@@ -48,7 +48,8 @@ def run(config: Config, dry_run: bool = False, show: Callable[[str], None] = pri
     if dry_run:
         entries = StatusFile(config.state_dir / STATUS_NAME).load()
         with Broker(config.broker) as broker:
-            _show_plan(make_plan(observe(broker, config.broker.tag).values(), entries, config.max_delete), show)
+            observed, unreadable = observe(broker, config.broker.tag)
+        _show_plan(make_plan(observed.values(), entries, config.max_delete, unreadable), unreadable, show)
         return Outcome()
     _prepare(config.state_dir)
     with exclusive(config.state_dir / "lock"):
@@ -56,8 +57,8 @@ def run(config: Config, dry_run: bool = False, show: Callable[[str], None] = pri
         entries = store.load()
         key = crypto.load_key(config.key_file)
         with Broker(config.broker) as broker, _connecting(config.sftp) as connected:
-            observed = observe(broker, config.broker.tag)
-            plan = make_plan(observed.values(), entries, config.max_delete)
+            observed, unreadable = observe(broker, config.broker.tag)
+            plan = make_plan(observed.values(), entries, config.max_delete, unreadable)
             log.info(
                 "plan: %d to deliver, %d to remove, %d unchanged",
                 len(plan.deliver), len(plan.remove), len(plan.unchanged),
@@ -66,6 +67,7 @@ def run(config: Config, dry_run: bool = False, show: Callable[[str], None] = pri
             remote.remove_partials()
             _drop_leftovers(config.state_dir)
             delivery = _Delivery(broker, remote, store, entries, key, config.state_dir)
+            delivery.outcome.failed.extend(f"{failure}; request {i} is left as it is" for i, failure in unreadable.items())
             delivery.deliver_all(plan.deliver, observed)
             delivery.remove_all(plan.remove, config.broker.tag)
             delivery.publish_status()
@@ -86,9 +88,17 @@ def _connecting(settings: SftpConfig) -> Iterator[Callable[[], Remote]]:
                 login.result().close()
 
 
-def observe(broker: Broker, tag: str) -> dict[int, Observed]:
-    statuses = broker.all_node_statuses(broker.tagged_request_ids(tag))
-    return {i: Observed(i, fingerprint(nodes), completion(nodes)) for i, nodes in statuses.items()}
+def observe(broker: Broker, tag: str) -> tuple[dict[int, Observed], dict[int, RequestFailed]]:
+    """The tagged requests as the broker shows them, and those whose status it failed to give."""
+    observed, unreadable = {}, {}
+    for i, nodes in broker.all_node_statuses(broker.tagged_request_ids(tag)).items():
+        if isinstance(nodes, RequestFailed):
+            log.warning("request %d: %s; it is neither delivered nor removed in this run", i, nodes,
+                        extra={"REQUEST_ID": i})
+            unreadable[i] = nodes
+        else:
+            observed[i] = Observed(i, fingerprint(nodes), completion(nodes))
+    return observed, unreadable
 
 
 def deliver(broker: Broker, remote: Remote, key: bytes, work: Path, request_id: int) -> int:
@@ -203,7 +213,9 @@ def _finish(outcome: Outcome, plan: Plan, max_delete: int) -> Outcome:
     return outcome
 
 
-def _show_plan(plan: Plan, show: Callable[[str], None]) -> None:
+def _show_plan(plan: Plan, unreadable: dict[int, RequestFailed], show: Callable[[str], None]) -> None:
+    for request_id, failure in unreadable.items():
+        show(f"would leave request {request_id} as it is: {failure}")
     for request_id, reason in plan.deliver:
         show(f"would deliver request {request_id} ({reason.value}) as {result_name(request_id)}")
     for request_id in plan.remove:

@@ -109,6 +109,30 @@ def test_one_failing_export_does_not_stop_the_others(setup: Setup, broker_server
     assert setup.remote_files() == expected_files(ids)
 
 
+@pytest.mark.parametrize("status", [500, 404])
+def test_one_failing_status_call_leaves_only_that_request_as_it_is(
+    setup: Setup, broker_server: BrokerServer, proxy: BrokerProxy, delivered: list[int], status: int
+) -> None:
+    setup.config.write_text(setup.variant(broker_server.url, proxy.url).read_text())
+    stuck, changed = delivered
+    before = (setup.folder / f"export_{stuck}.zip").read_bytes()
+    for request_id in delivered:
+        broker_server.nodes["Bergklinik"].submit(request_id, b"a second hospital")
+    new = broker_server.create_request([setup.tag])
+    proxy.rules.append(Rule("GET", rf"/broker/request/{stuck}/status$", status=status))
+    failed = setup.run("run")
+    assert failed.returncode == 1
+    assert f"status of request {stuck} with HTTP {status}; request {stuck} is left as it is" in one_error_line(failed.stderr)
+    assert f"re-delivered request {changed}" in failed.stderr
+    assert f"delivered request {new} (new" in failed.stderr
+    assert setup.remote_files() == expected_files([*delivered, new])
+    assert (setup.folder / f"export_{stuck}.zip").read_bytes() == before
+    proxy.rules.clear()
+    again = setup.run("run")
+    assert again.returncode == 0, again.stderr
+    assert f"re-delivered request {stuck}" in again.stderr
+
+
 @pytest.mark.parametrize("fault", ["truncated", "too-large"])
 def test_broken_or_oversized_download(setup: Setup, broker_server: BrokerServer, proxy: BrokerProxy, fault: str) -> None:
     config = setup.variant(broker_server.url, proxy.url).read_text()

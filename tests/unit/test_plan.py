@@ -41,6 +41,13 @@ def test_every_known_state_against_the_listing(case: str, listed: bool) -> None:
     assert plan.held_back == ()
 
 
+@pytest.mark.parametrize("case", KNOWN_CASES)
+def test_a_listed_request_whose_status_failed_is_neither_delivered_nor_removed(case: str) -> None:
+    entry, _ = KNOWN_CASES[case]
+    plan = make_plan([], {7: entry} if entry else {}, max_delete=5, unobserved=[7])
+    assert (plan.deliver, plan.remove, plan.unchanged, plan.held_back) == ((), (), (), ())
+
+
 def test_many_requests_are_sorted_and_each_gets_its_own_decision() -> None:
     known = {
         1: Entry(1, "1.0", fingerprint="a"),
