@@ -1,16 +1,19 @@
 # `make demo` and `make test` work on a fresh Debian/Ubuntu machine as root: they install what
-# they need (apt packages, a venv, the AKTIN Broker jars) and cache downloads outside the clone.
+# they need (Debian packages, without leaving a new service enabled or running, and a venv) and
+# cache downloads outside the clone. Both use the real AKTIN Broker where its jars are present
+# and the broker double otherwise.
 
 PYTHON      ?= /usr/bin/python3
 VENV        ?= .venv
 CACHE       ?= $(HOME)/.cache/aktin-broker-sftp
 BROKER_VERSION = 1.5.1
 BROKER_LIB  ?= $(CACHE)/broker-$(BROKER_VERSION)/lib
-APT_PACKAGES = openssh-server openssh-client openssl default-jre-headless maven python3-venv util-linux \
-	dpkg-dev debhelper dh-python python3-all pybuild-plugin-pyproject python3-setuptools python3-wheel \
-	lintian debootstrap systemd-container
+# The demo needs an sshd and the tools the test peers use; the suite also builds and boots the package.
+DEMO_PACKAGES = openssh-server openssh-client openssl python3-venv util-linux
+APT_PACKAGES = $(DEMO_PACKAGES) dpkg-dev debhelper dh-python python3-all pybuild-plugin-pyproject python3-setuptools \
+	python3-wheel lintian debootstrap systemd-container
 
-.PHONY: test demo bench deb lint unit deps broker-jars clean
+.PHONY: test demo demo-deps bench deb lint unit deps broker-jars broker-recording clean
 
 test: deps $(VENV)/.ready broker-jars lint
 	$(VENV)/bin/pytest -ra tests
@@ -22,12 +25,15 @@ lint: $(VENV)/.ready
 unit: $(VENV)/.ready
 	$(VENV)/bin/pytest -ra tests/unit
 
-demo: deps $(VENV)/.ready broker-jars
+demo: demo-deps $(VENV)/.ready broker-jars
 	$(VENV)/bin/python -m tests.demo
+
+demo-deps:
+	sh tests/install-packages.sh $(DEMO_PACKAGES)
 
 # Prints the performance table; BENCH_ARGS=--full for the full sizes (1 GiB bundles).
 bench: deps $(VENV)/.ready broker-jars
-	$(MAKE) --no-print-directory deps APT_PACKAGES=nginx
+	sh tests/install-packages.sh nginx
 	$(VENV)/bin/python -m tests.bench $(BENCH_ARGS)
 
 # The Debian package, built from a copy of the tree with Debian's own python3 on PATH.
@@ -37,11 +43,7 @@ deb: deps
 	lintian --allow-root --fail-on error,warning build/deb/*.deb
 
 deps:
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-		echo "installing:" $$missing; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
+	sh tests/install-packages.sh $(APT_PACKAGES)
 
 $(VENV)/.ready: requirements.txt requirements-dev.txt setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -50,17 +52,21 @@ $(VENV)/.ready: requirements.txt requirements-dev.txt setup.cfg pyproject.toml
 	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
-# The released broker from Maven Central, cached in ~/.m2 and $(BROKER_LIB). When Maven cannot
-# resolve it, the tests that need the broker are skipped with that reason instead of failing.
+# The real broker's jars, where this machine's Maven repository has them (someone built aktin/broker
+# v1.5.1 with `mvn install`); offline, since no registry has them. Otherwise the tests use the double.
 broker-jars:
-	@mkdir -p $(CACHE); \
-	if [ -n "$$AKTIN_BROKER_LIB" ] || [ -f $(BROKER_LIB)/broker-admin-$(BROKER_VERSION).jar ]; then exit 0; fi; \
-	rm -rf $(BROKER_LIB).part; \
-	mvn -q -B -f tests/broker/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
-		-DoutputDirectory=$(BROKER_LIB).part >$(CACHE).mvn.log 2>&1 \
-	&& mv $(BROKER_LIB).part $(BROKER_LIB) \
-	|| { rm -rf $(BROKER_LIB).part; echo "WARNING: AKTIN Broker $(BROKER_VERSION) jars not resolvable from Maven Central" \
-		"(see $(CACHE).mvn.log); broker tests will be skipped"; }
+	@if [ -z "$$AKTIN_BROKER_LIB" ] && [ ! -f $(BROKER_LIB)/broker-admin-$(BROKER_VERSION).jar ] \
+		&& [ -f $(HOME)/.m2/repository/org/aktin/broker-admin/$(BROKER_VERSION)/broker-admin-$(BROKER_VERSION).jar ]; then \
+		mkdir -p $(CACHE); rm -rf $(BROKER_LIB).part; \
+		mvn -o -q -B -f tests/broker/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
+			-DoutputDirectory=$(BROKER_LIB).part >$(CACHE)/mvn.log 2>&1 \
+		&& mv $(BROKER_LIB).part $(BROKER_LIB) \
+		|| { rm -rf $(BROKER_LIB).part; echo "WARNING: the broker's jars in ~/.m2 are incomplete (see $(CACHE)/mvn.log)"; }; \
+	fi
+
+# Records the real broker 1.5.1 answering the fixed conversation (needs its jars, see README).
+broker-recording: $(VENV)/.ready broker-jars
+	$(VENV)/bin/python -m tests.broker_double.record
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
