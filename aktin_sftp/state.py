@@ -53,6 +53,9 @@ class StatusFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.previous = path.with_name(f"{path.name}.prev")
+        # Set while the file on disk is damaged and `.prev` holds the good copy: the next save
+        # must not rotate the damaged file into `.prev`.
+        self.recovered = False
 
     def load(self) -> dict[int, Entry]:
         try:
@@ -66,6 +69,7 @@ class StatusFile:
                 raise
             problem = str(exc)
         entries = parse(self.previous.read_bytes(), str(self.previous))
+        self.recovered = True
         log.warning(
             "%s; continuing from the previous good copy %s (one save older: at most the latest "
             "delivery is repeated)", problem, self.previous,
@@ -76,7 +80,10 @@ class StatusFile:
         data = serialize(entries)
         # An unchanged state is not written again: a run that changed nothing then writes
         # nothing, and `.prev` keeps the copy from before the last real change.
-        if self._current() != data:
+        if self.recovered:
+            write_atomic(self.path, data)
+            self.recovered = False
+        elif self._current() != data:
             write_atomic(self.path, data, previous=self.previous)
 
     def _current(self) -> bytes | None:

@@ -116,6 +116,23 @@ def test_a_state_recovered_from_prev_is_written_back(tmp_path: Path) -> None:
     assert sorted(parse(store.path.read_bytes(), "status.xml")) == [1]
 
 
+def test_the_good_copy_survives_the_save_after_a_recovery(tmp_path: Path) -> None:
+    store = StatusFile(tmp_path / "status.xml")
+    store.save({1: Entry(1, "1.0")})
+    store.save({1: Entry(1, "1.0"), 2: Entry(2, "0.5")})
+    good = store.previous.read_bytes()
+    store.path.write_bytes(b"<status><request-sta")
+    recovered = StatusFile(tmp_path / "status.xml")
+    entries = recovered.load()
+    entries[3] = Entry(3, "1.0")
+    recovered.save(entries)
+    assert store.previous.read_bytes() == good
+    assert sorted(parse(store.path.read_bytes(), "status.xml")) == [1, 3]
+    entries[4] = Entry(4, "1.0")
+    recovered.save(entries)
+    assert sorted(parse(store.previous.read_bytes(), "prev")) == [1, 3]
+
+
 def test_damage_in_both_copies_stops(tmp_path: Path) -> None:
     store = StatusFile(tmp_path / "status.xml")
     store.save({1: Entry(1, "1.0")})
