@@ -16,8 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import paramiko
 from paramiko.message import Message
-from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_INIT, CMD_OPEN, CMD_STATUS, CMD_VERSION, CMD_WRITE, SFTPError, int64
+from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_INIT, CMD_OPEN, CMD_STATUS, CMD_VERSION, CMD_WRITE, SFTPError
 from paramiko.sftp_attr import SFTPAttributes
+
+try:
+    from paramiko.sftp import int64
+except ImportError:  # paramiko before 3.0 (Debian 12, Ubuntu 22.04) calls it long
+    from paramiko.py3compat import long as int64  # type: ignore[no-redef]
 
 # SSH_FXF_WRITE | SSH_FXF_CREAT | SSH_FXF_TRUNC, as in open(..., "wb").
 _OPEN_FOR_WRITING = 0x02 | 0x08 | 0x10

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from aktin_sftp.broker import Broker, RequestFailed
+from aktin_sftp.broker import Broker, NodeStatus, RequestFailed
 from aktin_sftp.config import BrokerConfig, Secret
 from aktin_sftp.errors import ConfigError, UnavailableError
 from tests.peers import free_port
@@ -110,7 +110,7 @@ def test_status_calls_share_keep_alive_connections_and_carry_the_key(canned: Can
         canned.answers[f"/broker/request/{i}/status"] = [Answer(body=status_list(i % 7))]
     with Broker(settings(canned.url, parallel=2)) as broker:
         statuses = broker.all_node_statuses(ids)
-    assert {i: [s.node for s in nodes] for i, nodes in statuses.items()} == {i: [i % 7] for i in ids}
+    assert {i: [s.node for s in nodes] for i, nodes in statuses.items() if isinstance(nodes, list)} == {i: [i % 7] for i in ids}
     assert {seen.authorization for seen in canned.seen} == {f"Bearer {KEY}"}
     assert len({seen.client_port for seen in canned.seen}) <= 2
 
@@ -156,8 +156,12 @@ def test_a_failed_listing_says_why(
 
 def test_a_failing_status_call_fails_only_that_request(canned: CannedBroker) -> None:
     canned.answers["/broker/request/7/status"] = [Answer(500)]
-    with Broker(settings(canned.url)) as broker, pytest.raises(RequestFailed, match="status of request 7 with HTTP 500"):
-        broker.node_statuses(7)
+    canned.answers["/broker/request/8/status"] = [Answer(body=status_list(2))]
+    with Broker(settings(canned.url)) as broker:
+        statuses = broker.all_node_statuses([7, 8])
+    assert isinstance(statuses[7], RequestFailed)
+    assert "status of request 7 with HTTP 500" in str(statuses[7])
+    assert statuses[8] == [NodeStatus(2, (("completed", "2026-01-01T00:00:00Z"),))]
 
 
 def test_nobody_listening_is_unreachable() -> None:
