@@ -7,6 +7,7 @@ import logging
 import re
 import ssl
 import xml.etree.ElementTree as ET
+import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -200,6 +201,12 @@ class Broker:
                     checkpoint("download")
         if expected is not None and expected.isdigit() and int(expected) != size:
             raise RequestFailed(f"{what} broke off after {size} of {expected} bytes")
+        # Without a Content-Length, a download cut short looks complete; a zip's directory is at
+        # its very end, so a bundle that opens as a zip is whole.
+        try:
+            zipfile.ZipFile(target).close()
+        except zipfile.BadZipFile:
+            raise RequestFailed(f"{what} is not a whole zip ({size} bytes; cut short?)") from None
         return size
 
     def _call(

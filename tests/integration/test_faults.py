@@ -133,7 +133,7 @@ def test_one_failing_status_call_leaves_only_that_request_as_it_is(
     assert f"re-delivered request {stuck}" in again.stderr
 
 
-@pytest.mark.parametrize("fault", ["truncated", "too-large"])
+@pytest.mark.parametrize("fault", ["truncated", "truncated without a length", "too-large"])
 def test_broken_or_oversized_download(setup: Setup, broker_server: BrokerServer, proxy: BrokerProxy, fault: str) -> None:
     config = setup.variant(broker_server.url, proxy.url).read_text()
     if fault == "too-large":
@@ -141,11 +141,16 @@ def test_broken_or_oversized_download(setup: Setup, broker_server: BrokerServer,
     setup.config.write_text(config)
     request_id = broker_server.create_request([setup.tag])
     broker_server.nodes["Bergklinik"].submit(request_id, os.urandom(3 << 20), "application/octet-stream")
-    if fault == "truncated":
-        proxy.rules.append(Rule("GET", r"/broker/download/", truncate=100_000))
+    if fault.startswith("truncated"):
+        proxy.rules.append(Rule("GET", r"/broker/download/", truncate=100_000, length=fault == "truncated"))
     failed = setup.run("run")
     assert failed.returncode == 1
-    assert ("broke off after" if fault == "truncated" else "more than [broker] max_download_mib") in failed.stderr
+    expected = {
+        "truncated": "broke off after",
+        "truncated without a length": f"the download of request {request_id} is not a whole zip",
+        "too-large": "more than [broker] max_download_mib",
+    }
+    assert expected[fault] in one_error_line(failed.stderr)
     assert setup.remote_files() == ["status.xml"]
     assert sorted(p.name for p in setup.state_dir.iterdir()) == ["lock", "status.xml"]
     if fault == "too-large":

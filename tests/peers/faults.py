@@ -19,7 +19,8 @@ from tests.peers.http_server import LocalHttpServer
 @dataclass
 class Rule:
     """For requests whose method and path match: answer `status` with `body` (and `headers`), or
-    forward and cut the answer to `truncate` bytes, or forward after `delay` seconds."""
+    forward and cut the answer to `truncate` bytes (with `length=False`, an answer that gives
+    no Content-Length and ends when the connection closes), or forward after `delay` seconds."""
 
     method: str
     path: str
@@ -30,6 +31,7 @@ class Rule:
     content_type: str = "application/xml"
     headers: tuple[tuple[str, str], ...] = ()
     times: int = 1_000_000
+    length: bool = True
 
     def take(self, method: str, path: str) -> bool:
         if self.method != method or not re.search(self.path, path) or self.times <= 0:
@@ -69,11 +71,14 @@ class BrokerProxy:
                 data = response.read()
                 upstream.close()
                 content_type = response.getheader("Content-Type") or ""
-                self.answer(response.status, data, content_type, response.getheaders(), rule.truncate if rule else None)
+                self.answer(
+                    response.status, data, content_type, response.getheaders(), rule.truncate if rule else None,
+                    rule.length if rule else True,
+                )
 
             def answer(
                 self, status: int, data: bytes, content_type: str, headers: list[tuple[str, str]] | None = None,
-                cut: int | None = None,
+                cut: int | None = None, length: bool = True,
             ) -> None:
                 """With `cut`: promise the whole answer, send that much of it, and hang up."""
                 self.send_response(status)
@@ -82,10 +87,13 @@ class BrokerProxy:
                         self.send_header(key, value)
                 if content_type:
                     self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(data)))
+                if length:
+                    self.send_header("Content-Length", str(len(data)))
+                else:
+                    self.send_header("Connection", "close")
                 self.end_headers()
                 self.wfile.write(data[:cut])
-                if cut is not None:
+                if cut is not None or not length:
                     self.close_connection = True
 
             do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = handle_any

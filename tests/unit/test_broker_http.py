@@ -4,7 +4,9 @@ Debian 12's urllib3 1.26; the real broker is in the integration tests."""
 
 from __future__ import annotations
 
+import io
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
@@ -171,7 +173,11 @@ def test_nobody_listening_is_unreachable() -> None:
 
 
 def bundle(size: int) -> bytes:
-    return bytes(range(256)) * (size // 256)
+    """A zip with one stored entry of about `size` bytes, as the broker's bundles are zips."""
+    data = io.BytesIO()
+    with zipfile.ZipFile(data, "w") as archive:
+        archive.writestr("0_result", bytes(range(256)) * (size // 256))
+    return data.getvalue()
 
 
 @pytest.mark.parametrize(
