@@ -224,20 +224,32 @@ class _Reader:
             self.fail(section, inline_key, f"give either {inline_key} or {file_key}, not both")
         if from_file is not None:
             path = self.path(section, file_key, check=_private_file)
-            text = path.read_text(encoding="utf-8").strip()
-            if not text:
-                self.fail(section, file_key, f"{path}: file is empty")
-            return Secret(text)
+            try:
+                text = path.read_bytes().decode("ascii")
+            except UnicodeDecodeError:
+                text = "\x00"
+            self.usable_secret(section, file_key, text.strip(), f"{path}: ")
+            return Secret(text.strip())
         if inline is None:
             if required:
                 self.fail(section, inline_key, f"missing (give {inline_key} or {file_key})")
             return None
-        if not isinstance(inline, str) or not inline:
+        if not isinstance(inline, str):
             self.fail(section, inline_key, "must be a non-empty string")
+        # A TOML multi-line string ends in a newline that is no part of the secret.
+        self.usable_secret(section, inline_key, inline.strip(), "")
         problem = _private_file(self.file)
         if problem:
             self.fail(section, inline_key, f"is stored inline, but {self.file} {problem}")
-        return Secret(inline)
+        return Secret(inline.strip())
+
+    def usable_secret(self, section: str, key: str, text: str, where: str) -> None:
+        """Keys and passwords travel in HTTP headers and SSH packets, where control and
+        non-ASCII characters fail late, with the value in the traceback; the value is never shown."""
+        if not text:
+            self.fail(section, key, f"{where}is empty")
+        if not re.fullmatch(r"[\x20-\x7e]+", text):
+            self.fail(section, key, f"{where}contains control or non-ASCII characters (not shown here)")
 
     def config(self) -> Config:
         return Config(
@@ -251,6 +263,10 @@ class _Reader:
 
     def broker(self) -> BrokerConfig:
         url = self.string("broker", "url")
+        if "@" in urlsplit(url).netloc:
+            # Never sent and easily echoed: the API key is the broker's only credential.
+            self.fail("broker", "url", "must not contain a user name or password (the url is not shown here); "
+                      "the broker takes the API key only")
         if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
             self.fail("broker", "url", f"{url!r} is not an http:// or https:// URL")
         parts = urlsplit(url)

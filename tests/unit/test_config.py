@@ -124,6 +124,43 @@ def test_secret_values_never_appear_in_errors(files: Path) -> None:
     assert "secret-api-key" not in str(error.value) and "pw" not in str(error.value).replace("password", "")
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"broker__api_key_file": "DROP", "broker__api_key": '"""\nsecret-api-key\n"""'}, None),
+        ({"broker__api_key_file": "DROP", "broker__api_key": '"secret\\u0007key"'}, r"\[broker\] api_key: contains control"),
+        ({"broker__api_key_file": "DROP", "broker__api_key": '"secret-äpi-key"'}, r"api_key: contains control or non-ASCII"),
+        ({"sftp__password": '"pw\\tpw"'}, r"\[sftp\] password: contains control"),
+        ({"sftp__password": '"  "'}, r"\[sftp\] password: is empty"),
+    ],
+    ids=["multi-line", "control", "non-ASCII", "tab", "blank"],
+)
+def test_inline_secrets_are_stripped_and_must_be_plain_ascii(files: Path, changes: dict[str, str], message: str | None) -> None:
+    path = write(files, ours(files, **changes))
+    if message is None:
+        assert config.load(path).broker.api_key.reveal() == "secret-api-key"
+        return
+    with pytest.raises(ConfigError, match=message) as error:
+        config.load(path)
+    shown = str(error.value).replace(str(files), "")
+    assert "secret" not in shown and "pw" not in shown.replace("password", "")
+
+
+@pytest.mark.parametrize("content", [b"secret\xffkey\n", b"secret\x00key", "secret-äpi".encode()])
+def test_a_secret_file_with_odd_bytes_is_refused_without_showing_them(files: Path, content: bytes) -> None:
+    (files / "api.key").write_bytes(content)
+    with pytest.raises(ConfigError, match=r"\[broker\] api_key_file: .*api.key: contains control or non-ASCII") as error:
+        config.load(write(files, ours(files)))
+    assert "secret" not in str(error.value).replace(str(files), "")
+
+
+def test_credentials_in_the_broker_url_are_refused_and_not_echoed(files: Path) -> None:
+    path = write(files, ours(files, broker__url='"https://admin:hunter2@broker.example.org/broker/"'))
+    with pytest.raises(ConfigError, match=r"\[broker\] url: must not contain a user name or password") as error:
+        config.load(path)
+    assert "hunter2" not in str(error.value)
+
+
 UPSTREAM = """
 [BROKER]
 URL = "http://localhost:8080"
