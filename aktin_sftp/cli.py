@@ -6,12 +6,13 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
 from aktin_sftp import __version__, config, crypto, events, sync
 from aktin_sftp.broker import Broker
-from aktin_sftp.errors import EX_FAILURE, SyncError
+from aktin_sftp.errors import EX_FAILURE, EX_SOFTWARE, SyncError
 from aktin_sftp.files import open_private
 from aktin_sftp.sftp import Remote
 from aktin_sftp.state import StatusFile
@@ -35,6 +36,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" ({exc.filename})" if exc.filename else ""
         log.error("local file error%s: %s", where, exc.strerror or exc, extra={"MESSAGE_ID": events.RUN_FAILED})
         return EX_FAILURE
+    except Exception as exc:  # noqa: BLE001
+        # The last resort for what no handler above expected: one line, and no values, since
+        # an exception's message or a traceback can carry a key or a password.
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        log.error(
+            "internal error: %s in %s, line %s (details are not shown, as they could hold secrets); please report it",
+            type(exc).__name__, Path(frame.filename).name, frame.lineno, extra={"MESSAGE_ID": events.RUN_FAILED},
+        )
+        return EX_SOFTWARE
     return 0
 
 

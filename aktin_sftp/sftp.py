@@ -176,8 +176,10 @@ class Remote:
     def listdir(self) -> list[str]:
         try:
             return sorted(self.sftp.listdir(self.folder))
-        except OSError as exc:
+        except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
             raise ConfigError(f"SFTP folder {self.folder!r} cannot be listed ({exc}); check [sftp] folder") from None
+        except TRANSFER_ERRORS as exc:
+            raise self._transfer_error(f"listing of {self.folder}", exc) from None
 
     def remove_partials(self) -> None:
         """Drops what an interrupted run left under temporary names (only names we make)."""

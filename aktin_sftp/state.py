@@ -8,6 +8,7 @@ Elements we do not know are kept as they are.
 from __future__ import annotations
 
 import logging
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -108,7 +109,7 @@ def parse(data: bytes, source: str) -> dict[int, Entry]:
     entries: dict[int, Entry] = {}
     for element in root.findall("request-status"):
         text = (element.findtext("id") or "").strip()
-        if not text.isdigit():
+        if not re.fullmatch(r"[0-9]{1,18}", text):
             raise SyncError(f"{source}: a request-status has the id {text[:40]!r}, not an integer")
         entry = Entry(
             id=int(text),

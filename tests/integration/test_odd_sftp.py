@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from aktin_sftp.config import Secret, SftpConfig
-from aktin_sftp.errors import SyncError
+from aktin_sftp.errors import SyncError, UnavailableError
 from aktin_sftp.sftp import Remote
 from tests.peers.odd_sftp import PASSWORD, USER, OddSftpServer
 
@@ -70,3 +70,10 @@ def test_posix_rename_is_used_exactly_when_the_server_announces_it(
     assert (server.root / "export_1.zip").read_bytes() == second
     assert sorted(p.name for p in server.root.iterdir()) == ["export_1.zip"]
     assert server.behaviour.posix_renames == (1 if announced else 0)
+
+
+def test_a_connection_dropped_while_listing_is_a_clear_error(server: OddSftpServer) -> None:
+    with remote(server) as sftp:
+        server.stop()
+        with pytest.raises(UnavailableError, match="listing of / failed: the SFTP connection was lost"):
+            sftp.listdir()

@@ -133,6 +133,12 @@ def test_the_good_copy_survives_the_save_after_a_recovery(tmp_path: Path) -> Non
     assert sorted(parse(store.previous.read_bytes(), "prev")) == [1, 3]
 
 
+@pytest.mark.parametrize("text", ["²", "1.5", "-1", "", "9" * 19])
+def test_an_id_that_is_no_plain_integer_is_refused(text: str) -> None:
+    with pytest.raises(SyncError, match="not an integer"):
+        parse(f"<status><request-status><id>{text}</id></request-status></status>".encode(), "status.xml")
+
+
 def test_damage_in_both_copies_stops(tmp_path: Path) -> None:
     store = StatusFile(tmp_path / "status.xml")
     store.save({1: Entry(1, "1.0")})

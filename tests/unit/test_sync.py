@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from aktin_sftp import sync
+from aktin_sftp import cli, sync
 from aktin_sftp.errors import SyncError
 
 
@@ -35,3 +35,16 @@ def test_only_our_own_leftovers_are_dropped(tmp_path: Path) -> None:
     sync._drop_leftovers(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in foreign)
     assert (tmp_path / "work" / "operator.txt").read_bytes() == b"mine"
+
+
+def test_an_unexpected_error_is_one_line_without_its_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def boom(_: object) -> None:
+        raise ValueError("the-secret-value")
+
+    monkeypatch.setattr(cli, "_status", boom)
+    assert cli.main(["--config", str(tmp_path / "none.toml"), "status"]) == 70
+    shown = capsys.readouterr().err
+    assert shown.startswith("ERROR: internal error: ValueError in test_sync.py") and shown.count("\n") == 1
+    assert "the-secret-value" not in shown and "Traceback" not in shown
