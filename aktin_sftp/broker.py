@@ -16,17 +16,20 @@ from email.message import Message
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
+from aktin_sftp import xmlsafe
 from aktin_sftp.config import BrokerConfig
 from aktin_sftp.errors import ConfigError, SyncError, UnavailableError
 from aktin_sftp.faults import checkpoint
-from aktin_sftp.keepalive import Answer, Connections
-from aktin_sftp.xmlsafe import declares_doctype
+from aktin_sftp.keepalive import Answer, Connections, TooLarge
 
 log = logging.getLogger(__name__)
 
 NS = "{http://aktin.org/ns/exchange}"
 REQUEST_TYPE = "application/vnd.aktin.query.request+xml"
 DOWNLOAD_CHUNK = 1 << 20
+# Far above what any listing or status answer needs (a listing of 100 000 requests is ~10 MiB);
+# a longer answer is refused rather than held in memory and parsed.
+MAX_ANSWER = 64 << 20
 # Timestamps that say a node has produced (or given up on) a result; `retrieved`, `queued`
 # and `processing` come and go on the way and do not change what the bundle holds.
 RESULT_STATES = ("completed", "rejected", "failed")
@@ -57,10 +60,10 @@ def tag_predicate(tag: str) -> str:
 
 
 def parse_xml(body: bytes, what: str) -> ET.Element:
-    if declares_doctype(body):
-        raise SyncError(f"broker answered {what} with a DOCTYPE declaration; refused (possible XML entity attack)")
     try:
-        return ET.fromstring(body)
+        return xmlsafe.parse(body)
+    except xmlsafe.DoctypeRefused:
+        raise SyncError(f"broker answered {what} with a DOCTYPE declaration; refused (possible XML entity attack)") from None
     except ET.ParseError as exc:
         raise UnavailableError(
             f"broker answered {what} with malformed XML ({exc}); nothing was changed, the next run tries again"
@@ -70,11 +73,9 @@ def parse_xml(body: bytes, what: str) -> ET.Element:
 def keeps_tag(definition: bytes, tag: str) -> bool:
     """Whether a request definition carries `tag` under principal/tags, whatever its namespace
     prefix. A definition that cannot be read counts as keeping it: deleting on a guess is worse."""
-    if declares_doctype(definition):
-        return True
     try:
-        root = ET.fromstring(definition)
-    except ET.ParseError:
+        root = xmlsafe.parse(definition)
+    except (xmlsafe.DoctypeRefused, ET.ParseError):
         return True
 
     def local(element: ET.Element) -> str:
@@ -214,7 +215,9 @@ class Broker:
         gone: tuple[int, ...] = (),
     ) -> Answer:
         try:
-            answer = self.connections.call(method, path, self._headers(accept))
+            answer = self.connections.call(method, path, self._headers(accept), MAX_ANSWER)
+        except TooLarge as exc:
+            raise SyncError(f"broker answered {what} with {exc}; refused") from None
         except (OSError, http.client.HTTPException) as exc:
             raise self._unavailable(exc, what) from None
         self._check(answer.status, answer.headers, what, per_request, gone)

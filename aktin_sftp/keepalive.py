@@ -29,6 +29,10 @@ RETRY_STATUSES = (502, 503, 504)
 PAUSES = (0.0, 1.0, 2.0)
 
 
+class TooLarge(http.client.HTTPException):
+    """An answer longer than the caller's limit; it is not read any further."""
+
+
 @dataclass(frozen=True)
 class Answer:
     status: int
@@ -50,16 +54,16 @@ class Connections:
         self.opened: list[http.client.HTTPConnection] = []
         self.lock = threading.Lock()
 
-    def call(self, method: str, path: str, headers: dict[str, str]) -> Answer:
-        """The whole answer, after retries."""
-        _, response, body = self._exchange(method, path, headers, whole=True)
+    def call(self, method: str, path: str, headers: dict[str, str], limit: int) -> Answer:
+        """The whole answer, after retries; TooLarge if its body is longer than `limit`."""
+        _, response, body = self._exchange(method, path, headers, limit)
         return Answer(response.status, response.msg, body)
 
     @contextmanager
     def stream(self, method: str, path: str, headers: dict[str, str]) -> Iterator[http.client.HTTPResponse]:
         """The answer with its body still to read; a body not read to its end closes the
         connection, since its unread bytes would spoil the next call."""
-        connection, response, _ = self._exchange(method, path, headers, whole=False)
+        connection, response, _ = self._exchange(method, path, headers, None)
         try:
             yield response
         finally:
@@ -72,8 +76,9 @@ class Connections:
                 connection.close()
 
     def _exchange(
-        self, method: str, path: str, headers: dict[str, str], whole: bool
+        self, method: str, path: str, headers: dict[str, str], limit: int | None
     ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse, bytes]:
+        """With a `limit`, the body is read too, up to one byte more than that."""
         # A call that was sent but failed is tried once more on a new connection: the server may
         # have closed a kept-alive one meanwhile. Only once, as a timed-out call waits the whole
         # timeout each time (the broker may be building a large bundle).
@@ -99,10 +104,15 @@ class Connections:
             try:
                 connection.request(method, self.prefix + path, headers=headers)
                 response = connection.getresponse()
-                body = response.read() if whole or response.status in RETRY_STATUSES else b""
+                if limit is not None:
+                    body = _read_at_most(response, limit)
+                elif response.status in RETRY_STATUSES:
+                    body = response.read()
+                else:
+                    body = b""
             except (OSError, http.client.HTTPException) as exc:
                 connection.close()
-                if last or sent_again:
+                if last or sent_again or isinstance(exc, TooLarge):
                     raise
                 log.debug("%s %s failed (%r); trying again on a new connection", method, path, exc)
                 sent_again = True
@@ -124,3 +134,14 @@ class Connections:
             with self.lock:
                 self.opened.append(connection)
         return connection
+
+
+def _read_at_most(response: http.client.HTTPResponse, limit: int) -> bytes:
+    """The body, if it is no longer than `limit` (a promised length beyond it is refused before
+    anything is read); an answer cut short raises IncompleteRead."""
+    if response.length is not None and response.length <= limit:
+        return response.read()
+    body = b"" if response.length is not None else response.read(limit + 1)
+    if response.length is not None or len(body) > limit:
+        raise TooLarge(f"an answer longer than {limit >> 20} MiB")
+    return body

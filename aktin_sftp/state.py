@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from aktin_sftp import xmlsafe
 from aktin_sftp.errors import SyncError
 from aktin_sftp.files import write_atomic
-from aktin_sftp.xmlsafe import declares_doctype
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +95,10 @@ class StatusFile:
 
 
 def parse(data: bytes, source: str) -> dict[int, Entry]:
-    if declares_doctype(data):
-        raise SyncError(f"{source}: has a DOCTYPE declaration, which a status XML never has")
     try:
-        root = ET.fromstring(data)
+        root = xmlsafe.parse(data)
+    except xmlsafe.DoctypeRefused:
+        raise SyncError(f"{source}: has a DOCTYPE declaration, which a status XML never has") from None
     except ET.ParseError as exc:
         raise SyncError(
             f"{source}: status XML is unreadable ({exc}); nothing was changed. Restore it from the "

@@ -21,7 +21,7 @@ SUITE = "bookworm"
 # What an AKTIN broker server has, plus what the package tests need inside (pytest, tomli, man,
 # and requests for the test harness that conftest.py loads).
 PACKAGES = [
-    "python3-paramiko", "python3-cryptography", "python3-systemd", "python3-tomli",
+    "python3-paramiko", "python3-cryptography", "python3-defusedxml", "python3-systemd", "python3-tomli",
     "python3-pytest", "python3-requests", "man-db",
 ]
 # Named by its package list, so that changing the list builds a new one instead of reusing a stale one.

@@ -81,7 +81,7 @@ def test_lintian_has_no_errors_or_warnings(debs: tuple[Path, Path]) -> None:
 def test_install_enables_only_the_timer(system: Container, debs: tuple[Path, Path]) -> None:
     system.run(*APT, f"/srv/packages/{debs[0].name}")
     depends = system.run("dpkg-query", "-W", "-f", "${Depends}", "aktin-broker-sftp").stdout
-    assert {"python3-paramiko", "python3-cryptography"} <= {d.split()[0] for d in depends.split(", ")}
+    assert {"python3-paramiko", "python3-cryptography", "python3-defusedxml"} <= {d.split()[0] for d in depends.split(", ")}
     assert system.run("systemctl", "is-enabled", TIMER).stdout.strip() == "enabled"
     assert system.run("systemctl", "is-active", TIMER).stdout.strip() == "active"
     timers = system.run("systemctl", "list-timers", "--all").stdout

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from aktin_sftp import broker as broker_module
 from aktin_sftp.broker import Broker, NodeStatus, RequestFailed
 from aktin_sftp.config import BrokerConfig, Secret
-from aktin_sftp.errors import ConfigError, UnavailableError
+from aktin_sftp.errors import ConfigError, SyncError, UnavailableError
 from tests.peers import free_port
 from tests.peers.certificate import self_signed
 from tests.peers.http_server import LocalHttpServer
@@ -164,6 +165,13 @@ def test_a_failing_status_call_fails_only_that_request(canned: CannedBroker) -> 
     assert isinstance(statuses[7], RequestFailed)
     assert "status of request 7 with HTTP 500" in str(statuses[7])
     assert statuses[8] == [NodeStatus(2, (("completed", "2026-01-01T00:00:00Z"),))]
+
+
+def test_an_answer_beyond_the_size_limit_is_refused(canned: CannedBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(broker_module, "MAX_ANSWER", 1 << 20)
+    canned.answers["/broker/request/filtered"] = [Answer(body=LISTING + b" " * (2 << 20))]
+    with Broker(settings(canned.url)) as broker, pytest.raises(SyncError, match="an answer longer than 1 MiB; refused"):
+        broker.tagged_request_ids("rki")
 
 
 def test_nobody_listening_is_unreachable() -> None:

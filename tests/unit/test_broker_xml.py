@@ -32,6 +32,18 @@ def test_doctype_and_malformed_answers_are_refused() -> None:
         parse_xml(b"<request-list", "listing")
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16", "utf-16-le"])
+def test_a_dtd_is_refused_in_any_encoding(encoding: str) -> None:
+    body = (
+        f'<?xml version="1.0" encoding="{encoding}"?><!DOCTYPE r [<!ENTITY a "aaaa">]>'
+        f'<request-list xmlns="http://aktin.org/ns/exchange"><request id="1">&a;</request></request-list>'
+    ).encode(encoding)
+    # Without a byte order mark, the parser cannot read UTF-16 at all.
+    with pytest.raises(SyncError, match="malformed XML" if encoding == "utf-16-le" else "DOCTYPE declaration; refused"):
+        parse_xml(body, "listing")
+    assert keeps_tag(body, "rki") is True
+
+
 def test_statuses_keep_only_result_timestamps() -> None:
     body = (
         f'<request-status-list xmlns="{NS[1:-1]}"><request-status-info><node>2</node>'
