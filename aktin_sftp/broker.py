@@ -157,14 +157,17 @@ class Broker:
         except RequestFailed as exc:
             return exc
 
-    def still_tagged(self, request_id: int, tag: str) -> bool:
+    def why_unlisted(self, request_id: int, tag: str) -> str | None:
         """Checks a request missing from the filtered listing: the broker leaves out any
-        definition it cannot parse, so absence alone does not prove deletion or untagging."""
+        definition it cannot parse, so absence alone does not prove deletion or untagging.
+        None if it still carries the tag, else what happened to it, in words."""
         answer = self._call(
             "GET", f"/broker/request/{request_id}", f"the definition of request {request_id}",
             accept=REQUEST_TYPE, gone=GONE,
         )
-        return answer.status not in GONE and keeps_tag(answer.body, tag)
+        if answer.status in GONE:
+            return "deleted on the broker"
+        return None if keeps_tag(answer.body, tag) else f"no longer tagged {tag!r} on the broker"
 
     def node_statuses(self, request_id: int) -> list[NodeStatus]:
         what = f"the status of request {request_id}"

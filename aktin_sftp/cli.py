@@ -14,6 +14,7 @@ from aktin_sftp import __version__, config, crypto, events, sync
 from aktin_sftp.broker import Broker
 from aktin_sftp.errors import EX_FAILURE, EX_SOFTWARE, SyncError
 from aktin_sftp.files import open_private
+from aktin_sftp.lock import exclusive
 from aktin_sftp.sftp import Remote
 from aktin_sftp.state import StatusFile
 
@@ -148,7 +149,10 @@ def _check(args: argparse.Namespace) -> None:
             f"logged in, folder {settings.sftp.folder!r} readable"
         )
         if args.speed:
-            rate = remote.measure_upload(SPEED_PROBE_SIZE)
+            # A run in progress removes leftover probe files: the probe waits for no run.
+            sync.prepare(settings.state_dir)
+            with exclusive(sync.lock_path(settings.state_dir)):
+                rate = remote.measure_upload(SPEED_PROBE_SIZE)
             print(f"sftp cipher {remote.cipher}, upload {rate / 1e6:.0f} MB/s ({SPEED_PROBE_SIZE >> 20} MiB probe)")
 
 

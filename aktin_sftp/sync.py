@@ -51,8 +51,8 @@ def run(config: Config, dry_run: bool = False, show: Callable[[str], None] = pri
             observed, unreadable = observe(broker, config.broker.tag)
         _show_plan(make_plan(observed.values(), entries, config.max_delete, unreadable), unreadable, show)
         return Outcome()
-    _prepare(config.state_dir)
-    with exclusive(config.state_dir / "lock"):
+    prepare(config.state_dir)
+    with exclusive(lock_path(config.state_dir)):
         store = StatusFile(config.state_dir / STATUS_NAME)
         entries = store.load()
         key = crypto.load_key(config.key_file)
@@ -155,7 +155,8 @@ class _Delivery:
     def remove_all(self, gone: tuple[int, ...], tag: str) -> None:
         for request_id in gone:
             path = self.remote.path(result_name(request_id))
-            if self.broker.still_tagged(request_id, tag):
+            why = self.broker.why_unlisted(request_id, tag)
+            if why is None:
                 log.warning(
                     "request %d is missing from the broker's tagged listing but still exists with the tag "
                     "(its definition may not parse on the broker); %s is kept", request_id, path,
@@ -167,8 +168,8 @@ class _Delivery:
             self.store.save(self.entries)
             self.outcome.removed.append(request_id)
             log.info(
-                "removed request %d: %s (gone from the broker%s)",
-                request_id, path, "" if existed else "; the file was already absent",
+                "removed request %d: %s (%s%s)",
+                request_id, path, why, "" if existed else "; the file was already absent",
                 extra={"MESSAGE_ID": events.REMOVED, "REQUEST_ID": request_id, "REMOTE_PATH": path},
             )
 
@@ -225,7 +226,7 @@ def _show_plan(plan: Plan, unreadable: dict[int, RequestFailed], show: Callable[
     show(f"{len(plan.unchanged)} unchanged; dry run, nothing was changed")
 
 
-def _prepare(state_dir: Path) -> None:
+def prepare(state_dir: Path) -> None:
     try:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
@@ -238,6 +239,10 @@ def _prepare(state_dir: Path) -> None:
             f"{state_dir} belongs to {name}: run as that user ('sudo -u {name} aktin-broker-sftp run') "
             "or with 'systemctl start aktin-broker-sftp.service'"
         )
+
+
+def lock_path(state_dir: Path) -> Path:
+    return state_dir / "lock"
 
 
 def _drop_leftovers(state_dir: Path) -> None:

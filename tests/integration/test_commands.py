@@ -99,6 +99,15 @@ def test_a_second_run_exits_75_while_one_holds_the_lock(setup: Setup, broker_ser
     assert setup.run("run").returncode == 0
 
 
+def test_the_speed_probe_waits_for_no_run(setup: Setup, broker_server: BrokerServer) -> None:
+    setup.state_dir.mkdir()
+    with open(setup.state_dir / "lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        done = setup.run("check", "--speed")
+    assert done.returncode == 75, done.stderr
+    assert "another run holds" in done.stderr and "MB/s" not in done.stdout
+
+
 def test_status_keygen_and_decrypt_for_the_recipient(setup: Setup, broker_server: BrokerServer, tmp_path: Path) -> None:
     request_id = broker_server.create_request([setup.tag])
     broker_server.nodes["Sachsenklinik"].submit(request_id, b"for the recipient")

@@ -62,6 +62,7 @@ def test_seed_scenario(setup: Setup, broker_server: BrokerServer) -> None:
     broker_server.delete_request(newest)
     done = setup.run("run")
     assert done.returncode == 0, done.stderr
+    assert f"export_{newest}.zip (deleted on the broker)" in done.stderr
     local = status_entries((setup.state_dir / "status.xml").read_bytes())
     assert sorted(i for i, e in local.items() if "deleted" in e) == sorted([tagged[0], newest])
     assert setup.remote_files() == sorted([f"export_{i}.zip" for i in tagged[1:]] + ["status.xml"])
@@ -79,6 +80,7 @@ def test_untagged_then_retagged_request_is_removed_then_delivered_again(setup: S
     done = setup.run("run")
     assert done.returncode == 0, done.stderr
     assert f"export_{request_id}.zip" not in setup.remote_files()
+    assert f"export_{request_id}.zip (no longer tagged '{setup.tag}' on the broker)" in done.stderr
 
     broker_server.set_tags(request_id, [setup.tag])
     done = setup.run("run")

@@ -17,11 +17,11 @@ def test_root_does_not_write_into_the_service_users_state(tmp_path: Path) -> Non
     state.mkdir()
     os.chown(state, 65534, 65534)
     with pytest.raises(SyncError, match=r"belongs to nobody: run as that user \('sudo -u nobody aktin-broker-sftp run'\)"):
-        sync._prepare(state)
+        sync.prepare(state)
 
 
 def test_the_state_directory_is_created_private(tmp_path: Path) -> None:
-    sync._prepare(tmp_path / "a" / "state")
+    sync.prepare(tmp_path / "a" / "state")
     assert (tmp_path / "a" / "state").stat().st_mode & 0o077 == 0
 
 
