@@ -68,6 +68,47 @@ def _login_error(config: SftpConfig, exc: BaseException) -> SyncError:
     return UnavailableError(f"{where} is unreachable ({exc or type(exc).__name__})")
 
 
+def load_known_hosts(path: Path, keys: paramiko.HostKeys) -> None:
+    """Adds the usable keys of an OpenSSH known_hosts file to `keys`, or raises ConfigError
+    naming the line that makes the file unusable. paramiko's own loader fails outside any
+    handler on lines that system-wide files often have."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read as a known_hosts file ({exc}); check [sftp] known_hosts") from None
+    for number, line in enumerate(lines, 1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        where = f"{path}, line {number}"
+        if fields[0] == "@revoked":
+            # Silently skipping it would trust a key someone meant to distrust.
+            raise ConfigError(
+                f"{where}: @revoked cannot be honoured by this client; delete the revoked key's own lines "
+                "and this one (or point [sftp] known_hosts at a file of the recipient's host keys)"
+            )
+        if fields[0].startswith("@"):
+            # @cert-authority: host certificates, which paramiko cannot check. Leaving such a
+            # line out only trusts less.
+            log.debug("%s: %s is not supported and is skipped", where, fields[0])
+            continue
+        try:
+            entry = paramiko.hostkeys.HostKeyEntry.from_line(" ".join(fields), number)
+        except (paramiko.hostkeys.InvalidHostKey, paramiko.SSHException, ValueError, TypeError) as exc:
+            raise ConfigError(f"{where}: not a valid known_hosts line ({type(exc).__name__})") from None
+        if entry is None:
+            if len(fields) < 3:
+                raise ConfigError(f"{where}: not a valid known_hosts line (host names, key type and key expected)")
+            log.debug("%s: key type %s is not supported and is skipped", where, fields[1])
+            continue
+        for name in entry.hostnames:
+            keys.add(name, entry.key.get_name(), entry.key)
+            # OpenSSH writes port 22 as the bare host name, and looks it up that way.
+            bare = re.fullmatch(r"\[(.+)\]:22", name)
+            if bare:
+                keys.add(bare.group(1), entry.key.get_name(), entry.key)
+
+
 def write_size(server: str, packet_size: int) -> int:
     """As large as the server takes: paramiko spends most of an upload's time on per-request
     Python work. OpenSSH's sftp-server takes 255 KiB per write (what it announces as
@@ -88,7 +129,7 @@ class Remote:
         self.config = config
         self.folder = config.folder
         self.client = paramiko.SSHClient()
-        self.client.load_host_keys(str(config.known_hosts))
+        load_known_hosts(config.known_hosts, self.client.get_host_keys())
         # Never learn a key: an unknown or changed host key is refused.
         self.client.set_missing_host_key_policy(paramiko.RejectPolicy())
         try:
