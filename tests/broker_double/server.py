@@ -138,7 +138,8 @@ class Failure(Exception):
         self.page = page
 
 
-UNAUTHORIZED = Failure(401, "Unauthorized")
+def unauthorized() -> Failure:
+    return Failure(401, "Unauthorized")
 
 
 @dataclass
@@ -167,7 +168,7 @@ class State:
         """The caller's node, registered on its first authenticated call."""
         key = (authorization or "").removeprefix("Bearer ") if (authorization or "").startswith("Bearer ") else None
         if key is None or key not in self.keys:
-            raise UNAUTHORIZED
+            raise unauthorized()
         dn = self.keys[key]
         node = self.nodes.get(dn)
         if node is None:
@@ -178,7 +179,7 @@ class State:
     def admin(self, authorization: str | None) -> None:
         key = (authorization or "").removeprefix("Bearer ")
         if not (authorization or "").startswith("Bearer ") or "OU=admin" not in self.keys.get(key, "").split(","):
-            raise UNAUTHORIZED
+            raise unauthorized()
 
 
 class Api:
