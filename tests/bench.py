@@ -48,7 +48,7 @@ def main() -> int:
     upload_size = 1024 if args.full else 256
     with tempfile.TemporaryDirectory(prefix="aktin-sftp-bench-") as temporary:
         work = Path(temporary)
-        broker = broker_peer.start(work / "broker")
+        broker = broker_peer.start(work / "broker", own_process=True)
         print(f"broker: {broker.kind}", flush=True)
         sshd = SshServer(work / "sshd")
         bench = Bench(work, broker, sshd)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import email.utils
 import io
 import re
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -26,8 +28,11 @@ from xml.sax.saxutils import escape
 
 from lxml import etree
 
+from tests.peers import free_port, stop
 from tests.peers.broker import BROKER_VERSION, BrokerServer, write_api_keys
 from tests.peers.http_server import LocalHttpServer
+
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 NS = "http://aktin.org/ns/exchange"
 # The node's timestamps of a request, in the order the real broker writes them.
@@ -436,7 +441,7 @@ class BrokerDouble(BrokerServer):
     kind = f"the AKTIN Broker double (held to {BROKER_VERSION} by recorded exchanges)"
     short = "broker double"
 
-    def __init__(self, directory: Path, hospitals: bool = True) -> None:
+    def __init__(self, directory: Path, hospitals: bool = True, port: int = 0) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         write_api_keys(directory)
         state = State(read_api_keys(directory / "api-keys.properties"))
@@ -444,6 +449,9 @@ class BrokerDouble(BrokerServer):
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes; with Nagle's algorithm, each kept-alive
+            # answer would wait for the client's delayed ACK (40 ms).
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -481,10 +489,33 @@ class BrokerDouble(BrokerServer):
 
             do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = serve
 
-        self.http = LocalHttpServer(Handler)
+        self.http = LocalHttpServer(Handler, port=port)
         self.port = int(urlsplit(self.http.url).port or 0)
         api.append(Api(state, f"http://127.0.0.1:{self.port}"))
         self._ready(lambda: None, hospitals)
 
     def stop(self) -> None:
         self.http.stop()
+
+
+class BrokerDoubleProcess(BrokerServer):
+    """The double in a process of its own, for the benchmark: the memory it holds must not count
+    as that of the runs it serves (Linux keeps a process's peak RSS across fork and exec)."""
+
+    kind = BrokerDouble.kind
+    short = BrokerDouble.short
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.broker_double.server", str(directory), str(self.port)], cwd=ROOT
+        )
+        self._ready(lambda: None if self.process.poll() is None else "the broker double exited", True)
+
+    def stop(self) -> None:
+        stop(self.process, 10)
+
+
+if __name__ == "__main__":
+    BrokerDouble(Path(sys.argv[1]), hospitals=False, port=int(sys.argv[2]))
+    threading.Event().wait()

@@ -56,14 +56,15 @@ def which() -> str:
     return f"the AKTIN Broker double (no real broker jars on this machine; {NO_JARS_HINT})"
 
 
-def start(directory: Path) -> BrokerServer:
-    """The real broker where its jars are present, the double everywhere else."""
+def start(directory: Path, own_process: bool = False) -> BrokerServer:
+    """The real broker where its jars are present, the double everywhere else (in this process,
+    or with `own_process` in one of its own, as the real one always is)."""
     lib = classpath()
     if lib is not None:
         return RealBroker(lib, directory)
-    from tests.broker_double.server import BrokerDouble
+    from tests.broker_double.server import BrokerDouble, BrokerDoubleProcess
 
-    return BrokerDouble(directory)
+    return BrokerDoubleProcess(directory) if own_process else BrokerDouble(directory)
 
 
 def write_api_keys(directory: Path) -> None:

@@ -9,10 +9,11 @@ from pathlib import Path
 
 
 class LocalHttpServer:
-    """Serves `handler` on a free port; with `tls` (certificate and key files) over HTTPS."""
+    """Serves `handler` on `port` (a free one by default); with `tls` (certificate and key
+    files) over HTTPS."""
 
-    def __init__(self, handler: type[BaseHTTPRequestHandler], tls: tuple[Path, Path] | None = None) -> None:
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    def __init__(self, handler: type[BaseHTTPRequestHandler], tls: tuple[Path, Path] | None = None, port: int = 0) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), handler)
         self.server.daemon_threads = True
         scheme = "http"
         if tls:
