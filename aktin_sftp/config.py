@@ -224,12 +224,10 @@ class _Reader:
             self.fail(section, inline_key, f"give either {inline_key} or {file_key}, not both")
         if from_file is not None:
             path = self.path(section, file_key, check=_private_file)
-            try:
-                text = path.read_bytes().decode("ascii")
-            except UnicodeDecodeError:
-                text = "\x00"
-            self.usable_secret(section, file_key, text.strip(), f"{path}: ")
-            return Secret(text.strip())
+            # Latin-1 reads any bytes, so that the check below can refuse what is not ASCII.
+            text = path.read_bytes().decode("latin-1").strip()
+            self.usable_secret(section, file_key, text, f"{path}: ")
+            return Secret(text)
         if inline is None:
             if required:
                 self.fail(section, inline_key, f"missing (give {inline_key} or {file_key})")
@@ -237,11 +235,12 @@ class _Reader:
         if not isinstance(inline, str):
             self.fail(section, inline_key, "must be a non-empty string")
         # A TOML multi-line string ends in a newline that is no part of the secret.
-        self.usable_secret(section, inline_key, inline.strip(), "")
+        text = inline.strip()
+        self.usable_secret(section, inline_key, text, "")
         problem = _private_file(self.file)
         if problem:
             self.fail(section, inline_key, f"is stored inline, but {self.file} {problem}")
-        return Secret(inline.strip())
+        return Secret(text)
 
     def usable_secret(self, section: str, key: str, text: str, where: str) -> None:
         """Keys and passwords travel in HTTP headers and SSH packets, where control and

@@ -137,11 +137,13 @@ class Connections:
 
 
 def _read_at_most(response: http.client.HTTPResponse, limit: int) -> bytes:
-    """The body, if it is no longer than `limit` (a promised length beyond it is refused before
-    anything is read); an answer cut short raises IncompleteRead."""
-    if response.length is not None and response.length <= limit:
+    """The body, if it is no longer than `limit`; a promised length beyond it is refused before
+    anything is read, and an answer cut short raises IncompleteRead."""
+    if response.length is not None:
+        if response.length > limit:
+            raise TooLarge(f"an answer longer than {limit >> 20} MiB")
         return response.read()
-    body = b"" if response.length is not None else response.read(limit + 1)
-    if response.length is not None or len(body) > limit:
+    body = response.read(limit + 1)
+    if len(body) > limit:
         raise TooLarge(f"an answer longer than {limit >> 20} MiB")
     return body

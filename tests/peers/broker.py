@@ -62,6 +62,7 @@ def start(directory: Path, own_process: bool = False) -> BrokerServer:
     lib = classpath()
     if lib is not None:
         return RealBroker(lib, directory)
+    # Imported here: the double builds on this module's BrokerServer.
     from tests.broker_double.server import BrokerDouble, BrokerDoubleProcess
 
     return BrokerDoubleProcess(directory) if own_process else BrokerDouble(directory)
