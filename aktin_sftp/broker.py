@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-import http.client
 import logging
 import re
-import ssl
 import xml.etree.ElementTree as ET
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
-from email.message import Message
 from pathlib import Path
 from urllib.parse import quote, urlencode
+
+import requests
+from urllib3.exceptions import MaxRetryError, NewConnectionError, ReadTimeoutError
 
 from aktin_sftp import xmlsafe
 from aktin_sftp.config import BrokerConfig
 from aktin_sftp.errors import ConfigError, SyncError, UnavailableError
 from aktin_sftp.faults import checkpoint
-from aktin_sftp.keepalive import Answer, Connections, TooLarge
+from aktin_sftp.sessions import Answer, Sessions, TooLarge
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +123,10 @@ class Broker:
         self.config = config
         self.base = config.url
         self.headers = {"Authorization": f"Bearer {config.api_key.reveal()}"}
-        self.connections = Connections(config.url, config.timeout, config.ca_bundle)
+        self.sessions = Sessions(config.url, config.timeout, config.ca_bundle)
 
     def close(self) -> None:
-        self.connections.close()
+        self.sessions.close()
 
     def __enter__(self) -> Broker:
         return self
@@ -186,23 +186,20 @@ class Broker:
         what = f"the download of request {request_id}"
         limit = self.config.max_download_mib << 20
         with self._stream("GET", f"/broker/download/{quote(token)}", what) as response:
-            expected = response.getheader("Content-Length")
+            expected = response.headers.get("Content-Length")
             if expected is not None and expected.isdigit() and int(expected) > limit:
                 raise RequestFailed(f"{what} is {int(expected) >> 20} MiB, more than [broker] max_download_mib")
             size = 0
             with open(target, "wb") as handle:
-                while True:
-                    try:
-                        chunk = response.read(DOWNLOAD_CHUNK)
-                    except (OSError, http.client.HTTPException) as exc:
-                        raise RequestFailed(f"{what} broke off after {size} bytes ({_reason(exc)})") from None
-                    if not chunk:
-                        break
-                    size += len(chunk)
-                    if size > limit:
-                        raise RequestFailed(f"{what} exceeded [broker] max_download_mib; stopped")
-                    handle.write(chunk)
-                    checkpoint("download")
+                try:
+                    for chunk in response.iter_content(DOWNLOAD_CHUNK):
+                        size += len(chunk)
+                        if size > limit:
+                            raise RequestFailed(f"{what} exceeded [broker] max_download_mib; stopped")
+                        handle.write(chunk)
+                        checkpoint("download")
+                except requests.RequestException as exc:
+                    raise RequestFailed(f"{what} broke off: {_reason(exc)}") from None
         if expected is not None and expected.isdigit() and int(expected) != size:
             raise RequestFailed(f"{what} broke off after {size} of {expected} bytes")
         # Without a Content-Length, a download cut short looks complete; a zip's directory is at
@@ -218,28 +215,28 @@ class Broker:
         gone: tuple[int, ...] = (),
     ) -> Answer:
         try:
-            answer = self.connections.call(method, path, self._headers(accept), MAX_ANSWER)
+            answer = self.sessions.call(method, path, self._headers(accept), MAX_ANSWER)
         except TooLarge as exc:
             raise SyncError(f"broker answered {what} with {exc}; refused") from None
-        except (OSError, http.client.HTTPException) as exc:
+        except requests.RequestException as exc:
             raise self._unavailable(exc, what) from None
         self._check(answer.status, answer.headers, what, per_request, gone)
         return answer
 
     @contextmanager
-    def _stream(self, method: str, path: str, what: str) -> Iterator[http.client.HTTPResponse]:
-        with ExitStack() as stack:
-            try:
-                response = stack.enter_context(self.connections.stream(method, path, self._headers(None)))
-            except (OSError, http.client.HTTPException) as exc:
-                raise self._unavailable(exc, what) from None
-            self._check(response.status, response.msg, what, True, ())
+    def _stream(self, method: str, path: str, what: str) -> Iterator[requests.Response]:
+        try:
+            response = self.sessions.stream(method, path, self._headers(None))
+        except requests.RequestException as exc:
+            raise self._unavailable(exc, what) from None
+        with response:
+            self._check(response.status_code, response.headers, what, True, ())
             yield response
 
     def _headers(self, accept: str | None) -> dict[str, str]:
         return {**self.headers, "Accept": accept} if accept else self.headers
 
-    def _check(self, status: int, headers: Message, what: str, per_request: bool, gone: tuple[int, ...]) -> None:
+    def _check(self, status: int, headers: Mapping[str, str], what: str, per_request: bool, gone: tuple[int, ...]) -> None:
         if status in (401, 403):
             raise ConfigError(
                 f"broker refused the API key (HTTP {status}) for {what}; "
@@ -255,16 +252,19 @@ class Broker:
             error = RequestFailed if per_request else UnavailableError
             raise error(f"broker answered {what} with HTTP {status}")
 
-    def _unavailable(self, exc: Exception, what: str) -> UnavailableError:
-        if isinstance(exc, ssl.SSLError):
+    def _unavailable(self, exc: requests.RequestException, what: str) -> UnavailableError:
+        # requests names a read timeout that outlived its retry a ConnectionError; urllib3's own
+        # reason tells them apart.
+        cause = exc.args[0].reason if exc.args and isinstance(exc.args[0], MaxRetryError) else None
+        if isinstance(exc, requests.exceptions.SSLError):
             return UnavailableError(
                 f"TLS to the broker at {self.base} failed ({_reason(exc)}); check [broker] ca_bundle"
             )
-        if isinstance(exc, TimeoutError):
+        if isinstance(exc, requests.exceptions.Timeout) or isinstance(cause, ReadTimeoutError):
             return UnavailableError(f"broker at {self.base} did not answer {what} within {self.config.timeout:g} s")
-        if isinstance(exc, http.client.HTTPException):
-            return UnavailableError(f"{what} failed: {_reason(exc)}")
-        return UnavailableError(f"broker at {self.base} is unreachable ({_reason(exc)}); is it running?")
+        if isinstance(cause, NewConnectionError):
+            return UnavailableError(f"broker at {self.base} is unreachable ({_reason(exc)}); is it running?")
+        return UnavailableError(f"{what} failed: {_reason(exc)}")
 
 
 def _reason(exc: Exception) -> str:

@@ -191,7 +191,7 @@ def bundle(size: int) -> bytes:
 @pytest.mark.parametrize(
     ("download", "message"),
     [
-        (Answer(body=bundle(1 << 20), cut=300_000), "the download of request 3 broke off after"),
+        (Answer(body=bundle(1 << 20), cut=300_000), "the download of request 3 broke off"),
         (Answer(body=bundle(3 << 20)), r"is 3 MiB, more than \[broker\] max_download_mib"),
         (Answer(404), "the download of request 3 with HTTP 404"),
     ],
