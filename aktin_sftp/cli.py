@@ -76,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     keygen.add_argument("path", type=Path)
     keygen.set_defaults(command=_keygen)
 
+    adopt = commands.add_parser(
+        "import", help="take over another uploader's status.xml (for instance upstream's WORKING_DIR) as the state"
+    )
+    adopt.add_argument("file", type=Path, help="the status.xml to take over; it is read, not moved")
+    adopt.set_defaults(command=_import)
+
     decrypt = commands.add_parser("decrypt", help="turn a delivered file back into the zip")
     decrypt.add_argument("input", type=Path)
     decrypt.add_argument("output", type=Path)
@@ -154,6 +160,11 @@ def _check(args: argparse.Namespace) -> None:
             with exclusive(sync.lock_path(settings.state_dir)):
                 rate = remote.measure_upload(SPEED_PROBE_SIZE)
             print(f"sftp cipher {remote.cipher}, upload {rate / 1e6:.0f} MB/s ({SPEED_PROBE_SIZE >> 20} MiB probe)")
+
+
+def _import(args: argparse.Namespace) -> None:
+    settings = config.load(args.config)
+    sync.import_status(settings.state_dir, args.file)
 
 
 def _keygen(args: argparse.Namespace) -> None:

@@ -16,13 +16,14 @@ from pathlib import Path
 from aktin_sftp import crypto, events, progress
 from aktin_sftp.broker import Broker, RequestFailed
 from aktin_sftp.config import Config, SftpConfig
-from aktin_sftp.errors import SyncError
+from aktin_sftp.errors import ConfigError, SyncError
 from aktin_sftp.faults import checkpoint
 from aktin_sftp.files import open_private
 from aktin_sftp.lock import exclusive
 from aktin_sftp.plan import Observed, Plan, Reason, completion, fingerprint, make_plan
 from aktin_sftp.sftp import Remote
 from aktin_sftp.state import Entry, StatusFile, now
+from aktin_sftp.state import parse as parse_status
 
 log = logging.getLogger(__name__)
 
@@ -226,19 +227,62 @@ def _show_plan(plan: Plan, unreadable: dict[int, RequestFailed], show: Callable[
     show(f"{len(plan.unchanged)} unchanged; dry run, nothing was changed")
 
 
+# Where the packaged unit lets the service write (StateDirectory=, under ProtectSystem=strict).
+SERVICE_STATE_DIR = Path("/var/lib/aktin/sftp")
+
+
 def prepare(state_dir: Path) -> None:
+    """Makes sure this user can keep its state in `state_dir` before anything is fetched."""
     try:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
-        raise SyncError(f"state directory {state_dir} cannot be created ({exc.strerror})") from None
+        raise _unwritable(state_dir, f"cannot be created ({exc.strerror})") from None
     owner = state_dir.stat().st_uid
     if os.geteuid() == 0 and owner != 0:
         # Files root wrote there would lock the service's own user out of its state.
         name = pwd.getpwuid(owner).pw_name
         raise SyncError(
-            f"{state_dir} belongs to {name}: run as that user ('sudo -u {name} aktin-broker-sftp run') "
+            f"{state_dir} belongs to {name}: run as that user ('runuser -u {name} -- aktin-broker-sftp …') "
             "or with 'systemctl start aktin-broker-sftp.service'"
         )
+    if not os.access(state_dir, os.W_OK):
+        raise _unwritable(state_dir, "is read-only here")
+
+
+def _unwritable(state_dir: Path, problem: str) -> ConfigError:
+    # The usual cause: an upstream config whose WORKING_DIR the hardened unit cannot write.
+    return ConfigError(
+        f"state directory {state_dir} {problem}; the systemd unit lets the service write only "
+        f"{SERVICE_STATE_DIR}: set [state] directory (MISC.WORKING_DIR in an upstream config) to it, "
+        "and take an old status.xml along with 'aktin-broker-sftp import OLD/status.xml'"
+    )
+
+
+def import_status(state_dir: Path, source: Path) -> None:
+    """Takes over another uploader's status.xml as this service's state: upload times and
+    removals are kept, and its requests count as delivered by this service from now on. Refuses
+    to replace a state that records anything."""
+    try:
+        entries = parse_status(source.read_bytes(), str(source))
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such file") from None
+    except PermissionError:
+        raise ConfigError(f"{source}: not readable by this user") from None
+    prepare(state_dir)
+    with exclusive(lock_path(state_dir)):
+        store = StatusFile(state_dir / STATUS_NAME)
+        existing = store.load()
+        if existing:
+            raise SyncError(
+                f"{store.path} already records {len(existing)} requests; refusing to replace it "
+                "(move it away first if the imported file is to count instead)"
+            )
+        store.save(entries)
+    log.info(
+        "imported %d requests from %s into %s; the next run delivers them once more, as that file "
+        "does not say which node results they hold",
+        len(entries), source, store.path,
+    )
 
 
 def lock_path(state_dir: Path) -> Path:

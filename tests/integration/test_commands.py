@@ -142,3 +142,49 @@ def test_status_keygen_and_decrypt_for_the_recipient(setup: Setup, broker_server
     )
     assert wrong.returncode == 1 and "wrong key" in wrong.stderr
     assert not (tmp_path / "wrong.zip").exists()
+
+
+def upstream_status(entries: dict[int, str]) -> str:
+    """A status.xml as the upstream uploader writes it: id, completion and upload time."""
+    return "<status>" + "".join(
+        f"<request-status><id>{i}</id><completion>{completion}</completion><uploaded>2024-05-02 10:00:00</uploaded>"
+        "</request-status>"
+        for i, completion in entries.items()
+    ) + "</status>\n"
+
+
+def test_import_takes_over_an_upstream_status_file_and_the_next_run_builds_on_it(
+    setup: Setup, broker_server: BrokerServer, tmp_path: Path
+) -> None:
+    taken, new = broker_server.create_request([setup.tag]), broker_server.create_request([setup.tag])
+    old = tmp_path / "upstream-working-dir" / "status.xml"
+    old.parent.mkdir()
+    old.write_text(upstream_status({taken: "0.0"}))
+    done = setup.run("import", str(old))
+    assert done.returncode == 0, done.stderr
+    assert f"imported 1 requests from {old} into {setup.state_dir / 'status.xml'}" in done.stderr
+    assert old.read_text() == upstream_status({taken: "0.0"})
+    assert "2024-05-02 10:00:00" in setup.run("status").stdout
+
+    done = setup.run("run", "--dry-run")
+    assert f"would deliver request {new} (new)" in done.stdout
+    assert f"would deliver request {taken} (changed)" in done.stdout
+    assert setup.run("run").returncode == 0
+    assert setup.remote_files() == sorted([f"export_{taken}.zip", f"export_{new}.zip", "status.xml"])
+    assert "2024-05-02 10:00:00" in setup.run("status").stdout
+
+    done = setup.run("import", str(old))
+    assert done.returncode == 1
+    assert "already records 2 requests; refusing to replace it" in done.stderr
+
+
+def test_import_refuses_a_damaged_or_missing_file_and_writes_nothing(setup: Setup, tmp_path: Path) -> None:
+    damaged = tmp_path / "status.xml"
+    damaged.write_text("<status><request-status><id>1</id>")
+    done = setup.run("import", str(damaged))
+    assert done.returncode == 1
+    assert f"ERROR: {damaged}: status XML is unreadable" in done.stderr
+    done = setup.run("import", str(tmp_path / "missing.xml"))
+    assert done.returncode == 78
+    assert "missing.xml: no such file" in done.stderr
+    assert not setup.state_dir.exists()

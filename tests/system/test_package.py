@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -81,7 +82,8 @@ def test_lintian_has_no_errors_or_warnings(debs: tuple[Path, Path]) -> None:
 def test_install_enables_only_the_timer(system: Container, debs: tuple[Path, Path]) -> None:
     system.run(*APT, f"/srv/packages/{debs[0].name}")
     depends = system.run("dpkg-query", "-W", "-f", "${Depends}", "aktin-broker-sftp").stdout
-    assert {"python3-paramiko", "python3-cryptography", "python3-defusedxml"} <= {d.split()[0] for d in depends.split(", ")}
+    needed = {"python3-paramiko", "python3-cryptography", "python3-defusedxml", "python3-requests", "python3-urllib3"}
+    assert needed <= {d.split()[0] for d in depends.split(", ")}
     assert system.run("systemctl", "is-enabled", TIMER).stdout.strip() == "enabled"
     assert system.run("systemctl", "is-active", TIMER).stdout.strip() == "active"
     timers = system.run("systemctl", "list-timers", "--all").stdout
@@ -90,6 +92,7 @@ def test_install_enables_only_the_timer(system: Container, debs: tuple[Path, Pat
     assert system.run("systemctl", "is-enabled", SERVICE, check=False).stdout.strip() == "static"
     assert "aktin-sftp" in system.run("id", "aktin-sftp").stdout
     assert system.run("stat", "-c", "%U:%G %a", "/etc/aktin/sftp.toml").stdout.split() == ["root:aktin-sftp", "640"]
+    assert system.run("stat", "-c", "%U:%G %a", "/var/lib/aktin/sftp").stdout.split() == ["aktin-sftp:aktin-sftp", "700"]
     verify = system.run("systemd-analyze", "verify", SERVICE, TIMER, check=False)
     assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
     security = system.run("systemd-analyze", "security", "--no-pager", SERVICE).stdout
@@ -161,6 +164,74 @@ def test_a_delivery_under_systemd(system: Container, broker_server: BrokerServer
     assert any(e.get("MESSAGE_ID") == events.RUN_FINISHED for e in entries)
     text = json.dumps(entries)
     assert ADMIN_KEY not in text and PASSWORD not in text and key.decode() not in text
+
+
+def test_an_upstream_working_dir_is_a_clear_78_and_import_takes_its_state_over(
+    system: Container, broker_server: BrokerServer, ssh_server: SshServer
+) -> None:
+    """An operator keeps the upstream uploader's config, whose WORKING_DIR the hardened unit
+    cannot write; the journal says what to do, and the documented commands do it."""
+    tag = "systemd-import"
+    taken, new = broker_server.create_request([tag]), broker_server.create_request([tag])
+    broker_server.nodes["Sachsenklinik"].submit(taken, b"result")
+    gone = new + 1000
+    folder = ssh_server.folder("systemd-import")
+    system.run("find", "/var/lib/aktin/sftp", "-mindepth", "1", "-delete")
+    upstream = system.path("/opt/aktin-upstream")
+    upstream.mkdir()
+    old_status = (
+        f"<status><request-status><id>{taken}</id><completion>1.0</completion><uploaded>2024-05-02 10:00:00</uploaded>"
+        f"</request-status><request-status><id>{gone}</id><completion>1.0</completion><uploaded>2024-05-02 10:00:00"
+        "</uploaded><deleted>2024-05-03 10:00:00</deleted></request-status></status>\n"
+    )
+    (upstream / "status.xml").write_text(old_status)
+    config = system.path("/etc/aktin/sftp.toml")
+    ours = config.read_text()
+    upstream_config = f"""
+[BROKER]
+URL = "{broker_server.url}"
+API_KEY = "{ADMIN_KEY}"
+[REQUESTS]
+TAG = "{tag}"
+[SFTP]
+HOST = "127.0.0.1"
+PORT = "{ssh_server.port}"
+USERNAME = "{USER}"
+PASSWORD = "{PASSWORD}"
+FOLDERNAME = "{SshServer.remote(folder)}"
+KNOWN_HOSTS = "/etc/aktin/sftp-known_hosts"
+[SECURITY]
+PATH_ENCRYPTION_KEY = "/etc/aktin/sftp-fernet.key"
+[MISC]
+WORKING_DIR = "/opt/aktin-upstream"
+"""
+    config.write_text(upstream_config)
+    try:
+        assert system.run("systemctl", "start", SERVICE, check=False).returncode != 0
+        assert unit(system, SERVICE, "ExecMainStatus") == {"ExecMainStatus": "78"}
+        failed = [e["MESSAGE"] for e in journal(system) if e.get("MESSAGE_ID") == events.RUN_FAILED][-1]
+        assert failed.startswith(
+            "state directory /opt/aktin-upstream is read-only here; the systemd unit lets the service write only "
+            "/var/lib/aktin/sftp: set [state] directory (MISC.WORKING_DIR in an upstream config) to it"
+        ), failed
+        assert folder.exists() and list(folder.iterdir()) == []
+
+        config.write_text(upstream_config.replace("/opt/aktin-upstream", "/var/lib/aktin/sftp"))
+        imported = system.run(
+            "runuser", "-u", "aktin-sftp", "--", "aktin-broker-sftp", "import", "/opt/aktin-upstream/status.xml", check=False
+        )
+        assert imported.returncode == 0, imported.stderr
+        assert "imported 2 requests" in imported.stderr
+        started = system.run("systemctl", "start", SERVICE, check=False)
+        assert started.returncode == 0, [e["MESSAGE"] for e in journal(system)][-5:]
+        assert sorted(p.name for p in folder.iterdir()) == sorted([f"export_{taken}.zip", f"export_{new}.zip", "status.xml"])
+        status = system.run("runuser", "-u", "aktin-sftp", "--", "aktin-broker-sftp", "status").stdout
+        assert re.search(rf"^{taken} .* 2024-05-02 10:00:00 ", status, re.MULTILINE), status
+        assert re.search(rf"^{gone} .* 2024-05-03 10:00:00$", status, re.MULTILINE), status
+        assert (upstream / "status.xml").read_text() == old_status
+        assert system.run("stat", "-c", "%U", "/var/lib/aktin/sftp/status.xml").stdout.strip() == "aktin-sftp"
+    finally:
+        config.write_text(ours)
 
 
 def test_upgrade_keeps_the_edited_conffile_and_the_state(system: Container, debs: tuple[Path, Path]) -> None:

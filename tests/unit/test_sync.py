@@ -16,7 +16,7 @@ def test_root_does_not_write_into_the_service_users_state(tmp_path: Path) -> Non
     state = tmp_path / "state"
     state.mkdir()
     os.chown(state, 65534, 65534)
-    with pytest.raises(SyncError, match=r"belongs to nobody: run as that user \('sudo -u nobody aktin-broker-sftp run'\)"):
+    with pytest.raises(SyncError, match=r"belongs to nobody: run as that user \('runuser -u nobody -- aktin-broker-sftp …'\)"):
         sync.prepare(state)
 
 
