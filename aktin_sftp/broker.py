@@ -248,6 +248,13 @@ class Broker:
                 f"broker answered {what} with a redirect (HTTP {status}) to "
                 f"{headers.get('Location', 'nowhere')!r}; set [broker] url to where the broker is"
             )
+        if status == 404 and not per_request and status not in gone:
+            # The status call and the listing exist on every broker: a wrong address, not a
+            # passing trouble.
+            raise ConfigError(
+                f"broker answered {what} with HTTP 404: {self.base} does not look like an AKTIN Broker; "
+                "check [broker] url (the server root, for instance http://localhost:8080)"
+            )
         if status >= 400 and status not in gone:
             error = RequestFailed if per_request else UnavailableError
             raise error(f"broker answered {what} with HTTP {status}")

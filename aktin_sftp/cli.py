@@ -12,7 +12,7 @@ from pathlib import Path
 
 from aktin_sftp import __version__, config, crypto, events, sync
 from aktin_sftp.broker import Broker
-from aktin_sftp.errors import EX_FAILURE, EX_SOFTWARE, SyncError
+from aktin_sftp.errors import EX_FAILURE, EX_SOFTWARE, ConfigError, SyncError
 from aktin_sftp.files import open_private
 from aktin_sftp.lock import exclusive
 from aktin_sftp.sftp import Remote
@@ -57,32 +57,40 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--config", type=Path, default=config.DEFAULT_PATH, help="default: %(default)s")
     parser.add_argument("-v", "--verbose", action="store_true", help="also log debug messages")
+    # The same options after the command (`run --config x.toml`); SUPPRESS keeps an omitted
+    # one from overriding what was given before the command.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="default: " + str(config.DEFAULT_PATH))
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="also log debug messages")
     commands = parser.add_subparsers(metavar="COMMAND", required=True)
 
-    run = commands.add_parser("run", help="deliver new and changed results, remove gone ones")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[common], help=help)
+
+    run = command("run", help="deliver new and changed results, remove gone ones")
     run.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     run.set_defaults(command=_run)
 
-    status = commands.add_parser("status", help="show what was delivered")
+    status = command("status", help="show what was delivered")
     status.set_defaults(command=_status)
 
-    check = commands.add_parser("check", help="validate the config and reach broker and SFTP server")
+    check = command("check", help="validate the config and reach broker and SFTP server")
     check.add_argument(
         "--speed", action="store_true", help="also show the SSH cipher and measure upload speed (writes and removes a probe file)"
     )
     check.set_defaults(command=_check)
 
-    keygen = commands.add_parser("keygen", help="write a new Fernet key (mode 0600)")
+    keygen = command("keygen", help="write a new Fernet key (mode 0600)")
     keygen.add_argument("path", type=Path)
     keygen.set_defaults(command=_keygen)
 
-    adopt = commands.add_parser(
+    adopt = command(
         "import", help="take over another uploader's status.xml (for instance upstream's WORKING_DIR) as the state"
     )
     adopt.add_argument("file", type=Path, help="the status.xml to take over; it is read, not moved")
     adopt.set_defaults(command=_import)
 
-    decrypt = commands.add_parser("decrypt", help="turn a delivered file back into the zip")
+    decrypt = command("decrypt", help="turn a delivered file back into the zip")
     decrypt.add_argument("input", type=Path)
     decrypt.add_argument("output", type=Path)
     decrypt.add_argument("--key-file", type=Path, required=True, help="the Fernet key file")
@@ -126,6 +134,10 @@ def _run(args: argparse.Namespace) -> None:
 
 def _status(args: argparse.Namespace) -> None:
     settings = config.load(args.config)
+    if not settings.state_dir.is_dir():
+        raise ConfigError(
+            f"state directory {settings.state_dir} does not exist: no run has used it; check [state] directory"
+        )
     entries = StatusFile(settings.state_dir / sync.STATUS_NAME).load()
     rows = [("id", "completion", "uploaded", "last update", "deleted")]
     rows += [

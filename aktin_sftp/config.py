@@ -116,6 +116,8 @@ UPSTREAM_KEYS: dict[str, tuple[str, str]] = {
     "MISC.WORKING_DIR": ("state", "directory"),
 }
 _OURS_TO_UPSTREAM = {ours: flat for flat, ours in UPSTREAM_KEYS.items()}
+# Upstream reads these with a fallback, so that an empty value there means "not set".
+UPSTREAM_OPTIONAL = {"REQUESTS_CA_BUNDLE", "SFTP.PORT", "SFTP.TIMEOUT", "SFTP.KNOWN_HOSTS", "MISC.WORKING_DIR"}
 
 
 def _from_upstream(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
@@ -129,6 +131,8 @@ def _from_upstream(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
     for name, value in flat.items():
         if name not in UPSTREAM_KEYS:
             raise ConfigError(f"{path}: {name}: unknown key in an upstream-style config")
+        if name in UPSTREAM_OPTIONAL and isinstance(value, str) and not value.strip():
+            continue
         section, key = UPSTREAM_KEYS[name]
         if key in ("timeout", "port") and isinstance(value, str) and value.strip().isdigit():
             value = int(value)

@@ -65,15 +65,15 @@ class StatusFile:
             if not self.previous.exists():
                 return {}
             problem = f"{self.path} is missing"
-        except SyncError as exc:
+        except Damaged as exc:
             if not self.previous.exists():
                 raise
-            problem = str(exc)
+            problem = exc.problem
         entries = parse(self.previous.read_bytes(), str(self.previous))
         self.recovered = True
         log.warning(
-            "%s; continuing from the previous good copy %s (one save older: at most the latest "
-            "delivery is repeated)", problem, self.previous,
+            "%s; using the previous good copy %s instead (one save older: at most the latest "
+            "delivery is repeated), and the next save replaces the damaged file", problem, self.previous,
         )
         return entries
 
@@ -94,23 +94,31 @@ class StatusFile:
             return None
 
 
+class Damaged(SyncError):
+    """A status XML that cannot be used; `problem` says why without advice on what to do."""
+
+    def __init__(self, source: str, problem: str) -> None:
+        super().__init__(
+            f"{source}: {problem}; nothing was changed. Restore it from the status.xml in the SFTP "
+            "folder (or a backup) and run again"
+        )
+        self.problem = f"{source}: {problem}"
+
+
 def parse(data: bytes, source: str) -> dict[int, Entry]:
     try:
         root = xmlsafe.parse(data)
     except xmlsafe.DoctypeRefused:
-        raise SyncError(f"{source}: has a DOCTYPE declaration, which a status XML never has") from None
+        raise Damaged(source, "has a DOCTYPE declaration, which a status XML never has") from None
     except ET.ParseError as exc:
-        raise SyncError(
-            f"{source}: status XML is unreadable ({exc}); nothing was changed. Restore it from the "
-            "status.xml in the SFTP folder (or a backup) and run again"
-        ) from None
+        raise Damaged(source, f"status XML is unreadable ({exc})") from None
     if root.tag != "status":
-        raise SyncError(f"{source}: root element is <{root.tag}>, not <status>")
+        raise Damaged(source, f"root element is <{root.tag}>, not <status>")
     entries: dict[int, Entry] = {}
     for element in root.findall("request-status"):
         text = (element.findtext("id") or "").strip()
         if not re.fullmatch(r"[0-9]{1,18}", text):
-            raise SyncError(f"{source}: a request-status has the id {text[:40]!r}, not an integer")
+            raise Damaged(source, f"a request-status has the id {text[:40]!r}, not an integer")
         entry = Entry(
             id=int(text),
             completion=(element.findtext("completion") or "0.0").strip(),

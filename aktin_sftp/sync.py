@@ -22,7 +22,7 @@ from aktin_sftp.files import open_private
 from aktin_sftp.lock import exclusive
 from aktin_sftp.plan import Observed, Plan, Reason, completion, fingerprint, make_plan
 from aktin_sftp.sftp import Remote
-from aktin_sftp.state import Entry, StatusFile, now
+from aktin_sftp.state import Damaged, Entry, StatusFile, now
 from aktin_sftp.state import parse as parse_status
 
 log = logging.getLogger(__name__)
@@ -268,6 +268,8 @@ def import_status(state_dir: Path, source: Path) -> None:
         raise ConfigError(f"{source}: no such file") from None
     except PermissionError:
         raise ConfigError(f"{source}: not readable by this user") from None
+    except Damaged as exc:
+        raise SyncError(f"{exc.problem}; nothing was imported") from None
     prepare(state_dir)
     with exclusive(lock_path(state_dir)):
         store = StatusFile(state_dir / STATUS_NAME)

@@ -72,6 +72,26 @@ def test_unreachable_peers_exit_69(setup: Setup, broker_server: BrokerServer, ss
     assert f"SFTP server 127.0.0.1:{port} is unreachable" in done.stderr
 
 
+def test_a_url_that_is_no_broker_is_a_config_error(setup: Setup, broker_server: BrokerServer) -> None:
+    config = setup.variant(f'url = "{broker_server.url}"', f'url = "{broker_server.url}/aktin"')
+    for command in ("check", "run"):
+        done = setup.run(command, config=config)
+        assert done.returncode == 78, done.stderr
+        assert f"with HTTP 404: {broker_server.url}/aktin does not look like an AKTIN Broker; check [broker] url" in done.stderr
+
+
+def test_options_go_before_or_after_the_command(setup: Setup) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "aktin_sftp", "status", "-v", "--config", str(setup.config)], capture_output=True, text=True
+    )
+    assert done.returncode == 78
+    assert f"state directory {setup.state_dir} does not exist: no run has used it; check [state] directory" in done.stderr
+    setup.state_dir.mkdir()
+    done = subprocess.run([sys.executable, "-m", "aktin_sftp", "status", "--config", str(setup.config)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "(nothing delivered yet)" in done.stdout
+
+
 def test_a_node_key_instead_of_an_admin_key_is_a_config_error(setup: Setup) -> None:
     done = setup.run("run", config=setup.variant('api_key = "xxxAdmin1234"', f'api_key = "{NODE_KEYS["Bergklinik"]}"'))
     assert done.returncode == 78

@@ -207,6 +207,16 @@ def test_upstream_mistakes_are_named_in_upstream_terms(files: Path) -> None:
         config.load(write(files, UPSTREAM.replace('TAG = "rki"', 'TAG = "a b"')))
 
 
+def test_an_empty_optional_upstream_value_means_not_set(files: Path) -> None:
+    """Upstream reads these with a fallback; an empty value there is no mistake."""
+    text = UPSTREAM.replace("[SFTP]", f'[SFTP]\nKNOWN_HOSTS = "{files}/known_hosts"\nPORT = ""')
+    loaded = config.load(write(files, 'REQUESTS_CA_BUNDLE = ""\n' + text.replace('TIMEOUT = "25"', 'TIMEOUT = " "')))
+    assert loaded.broker.ca_bundle is None
+    assert (loaded.sftp.port, loaded.sftp.timeout) == (22, 30)
+    with pytest.raises(ConfigError, match=r"SFTP.HOST: must be a non-empty string"):
+        config.load(write(files, text.replace('HOST = "sftp.example.org"', 'HOST = ""')))
+
+
 def test_without_tomllib_tomli_reads_the_config(files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib
     import sys
