@@ -10,7 +10,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from aktin_sftp import __version__, config, crypto, events, sync
+from aktin_sftp import __version__, audit, config, crypto, events, maintenance, sync
 from aktin_sftp.broker import Broker
 from aktin_sftp.errors import EX_FAILURE, EX_SOFTWARE, ConfigError, SyncError
 from aktin_sftp.files import open_private
@@ -80,6 +80,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(command=_check)
 
+    redeliver = command("redeliver", help="deliver requests again on the next run (or at once with --now)")
+    chosen = redeliver.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("ids", type=int, nargs="*", default=[], metavar="ID", help="request ids")
+    chosen.add_argument("--all", action="store_true", help="every delivered request")
+    redeliver.add_argument("--now", action="store_true", help="run the delivery at once, in this process")
+    redeliver.set_defaults(command=_redeliver)
+
+    verify = command("verify", help="compare the SFTP folder with what the state says was delivered")
+    verify.add_argument("--deep", action="store_true", help="also download each file and check its SHA-256 and token")
+    verify.add_argument("--repair", action="store_true", help="queue missing and damaged files for re-delivery")
+    verify.set_defaults(command=_verify)
+
     keygen = command("keygen", help="write a new Fernet key (mode 0600)")
     keygen.add_argument("path", type=Path)
     keygen.set_defaults(command=_keygen)
@@ -93,7 +105,10 @@ def _parser() -> argparse.ArgumentParser:
     decrypt = command("decrypt", help="turn a delivered file back into the zip")
     decrypt.add_argument("input", type=Path)
     decrypt.add_argument("output", type=Path)
-    decrypt.add_argument("--key-file", type=Path, required=True, help="the Fernet key file")
+    decrypt.add_argument(
+        "--key-file", type=Path, required=True, action="append",
+        help="a Fernet key file; give it more than once (old and new key) during a key change",
+    )
     decrypt.set_defaults(command=_decrypt)
     return parser
 
@@ -176,7 +191,18 @@ def _check(args: argparse.Namespace) -> None:
 
 def _import(args: argparse.Namespace) -> None:
     settings = config.load(args.config)
-    sync.import_status(settings.state_dir, args.file)
+    maintenance.import_status(settings.state_dir, args.file)
+
+
+def _redeliver(args: argparse.Namespace) -> None:
+    settings = config.load(args.config)
+    maintenance.queue_redelivery(settings.state_dir, None if args.all else args.ids)
+    if args.now:
+        sync.run(settings)
+
+
+def _verify(args: argparse.Namespace) -> None:
+    audit.verify(config.load(args.config), deep=args.deep, repair=args.repair)
 
 
 def _keygen(args: argparse.Namespace) -> None:
@@ -190,17 +216,28 @@ def _keygen(args: argparse.Namespace) -> None:
 
 
 def _decrypt(args: argparse.Namespace) -> None:
-    key = crypto.load_key(args.key_file)
+    keys = [(path, crypto.load_key(path)) for path in args.key_file]
     # Plain bytes land in a private partial file and take the output's name only once the
     # token's MAC has been checked; whatever goes wrong, the partial file goes.
     partial = args.output.with_name(f".{args.output.name}.part")
     try:
-        with open_private(partial) as target:
-            try:
-                crypto.decrypt_file(key, args.input, target)
-            except crypto.InvalidTokenError as exc:
-                raise crypto.InvalidTokenError(f"{args.input}: {exc}") from None
+        opened = _decrypt_with_any(keys, args.input, partial)
         os.replace(partial, args.output)
     finally:
         partial.unlink(missing_ok=True)
-    print(f"{args.output}: decrypted")
+    print(f"{args.output}: decrypted with {opened} (key id {crypto.key_id(dict(keys)[opened])})")
+
+
+def _decrypt_with_any(keys: list[tuple[Path, bytes]], source: Path, partial: Path) -> Path:
+    """Tries each key in turn, each time in one pass of its own over the whole file."""
+    for path, key in keys:
+        with open_private(partial) as target:
+            try:
+                crypto.decrypt_file(key, source, target)
+            except crypto.WrongKeyError:
+                continue
+            except crypto.InvalidTokenError as exc:
+                raise crypto.InvalidTokenError(f"{source}: {exc}") from None
+        return path
+    which = "the key" if len(keys) == 1 else f"none of the {len(keys)} keys"
+    raise crypto.InvalidTokenError(f"{source}: {which} opens it (wrong key, or the file was changed or cut short)")

@@ -73,6 +73,11 @@ class SftpConfig:
     folder: str
     timeout: float
 
+    @property
+    def destination(self) -> str:
+        """Where files land, as recorded in the state: a relative folder depends on the login."""
+        return f"{self.username}@{self.host}:{self.port}:{self.folder}"
+
 
 @dataclass(frozen=True)
 class Config:

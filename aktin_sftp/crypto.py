@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import os
 import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, hmac, padding
@@ -36,6 +37,14 @@ class InvalidTokenError(ValueError):
     pass
 
 
+class WrongKeyError(InvalidTokenError):
+    """A well-formed token whose MAC this key does not confirm."""
+
+
+class Writer(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+
 def generate_key() -> bytes:
     return base64.urlsafe_b64encode(os.urandom(32))
 
@@ -52,7 +61,14 @@ def load_key(path: Path) -> bytes:
     return raw
 
 
-def encrypt_stream(key: bytes, source: BinaryIO, target: BinaryIO, now: int | None = None) -> int:
+def key_id(key: bytes) -> str:
+    """Names a key without revealing anything of it: the first 16 hex digits of the SHA-256 of
+    the key file's text, so that a recipient can compute it too
+    (`tr -d '\\n' < KEY | sha256sum | cut -c1-16`)."""
+    return hashlib.sha256(base64.urlsafe_b64encode(key)).hexdigest()[:16]
+
+
+def encrypt_stream(key: bytes, source: BinaryIO, target: Writer, now: int | None = None) -> int:
     """Writes the Fernet token of everything in `source` to `target`; returns its length."""
     signer = hmac.HMAC(key[:16], hashes.SHA256())
     encoder = _Base64Writer(target)
@@ -73,7 +89,7 @@ def encrypt_stream(key: bytes, source: BinaryIO, target: BinaryIO, now: int | No
     return encoder.close()
 
 
-def decrypt_file(key: bytes, source: Path, target: BinaryIO) -> None:
+def decrypt_file(key: bytes, source: Path, target: Writer) -> None:
     """Decrypts the token in one pass, checking its MAC as it goes. The bytes written to `target`
     are trustworthy only once this returns: on InvalidTokenError the caller must discard them.
     (Checking first and decrypting a second read would trust a file that changed in between.)"""
@@ -102,7 +118,7 @@ def decrypt_file(key: bytes, source: Path, target: BinaryIO) -> None:
     try:
         signer.verify(held)
     except InvalidSignature as exc:
-        raise InvalidTokenError("wrong key, or the file was changed or cut short") from exc
+        raise WrongKeyError("wrong key, or the file was changed or cut short") from exc
     try:
         target.write(unpadder.update(decryptor.finalize()) + unpadder.finalize())
     except ValueError as exc:
@@ -125,7 +141,7 @@ def _decoded(source: Path) -> Iterator[bytes]:
 
 
 class _Base64Writer:
-    def __init__(self, target: BinaryIO) -> None:
+    def __init__(self, target: Writer) -> None:
         self.target = target
         self.pending = b""
         self.written = 0

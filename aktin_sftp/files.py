@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import BinaryIO
@@ -12,6 +13,18 @@ from aktin_sftp.faults import checkpoint
 def open_private(path: Path) -> BinaryIO:
     """Opens `path` for writing; a new file gets mode 0600 (the umask can only narrow it)."""
     return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+
+
+class Hashing:
+    """Writes through to `target` and keeps the SHA-256 of what went there."""
+
+    def __init__(self, target: BinaryIO) -> None:
+        self.target = target
+        self.digest = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.target.write(data)
 
 
 def write_atomic(path: Path, data: bytes, previous: Path | None = None) -> None:

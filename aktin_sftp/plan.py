@@ -15,6 +15,18 @@ class Reason(enum.Enum):
     NEW = "new"
     CHANGED = "changed"
     REAPPEARED = "reappeared"
+    REQUESTED = "re-delivery requested"
+    KEY_CHANGED = "encryption key changed"
+    MOVED = "destination changed"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where files go now and with which key; a file delivered elsewhere or with another key
+    is delivered again."""
+
+    key_id: str
+    destination: str
 
 
 @dataclass(frozen=True)
@@ -56,10 +68,11 @@ def completion(statuses: Iterable[NodeStatus]) -> str:
 
 
 def make_plan(
-    observed: Iterable[Observed], known: Mapping[int, Entry], max_delete: int, unobserved: Iterable[int] = ()
+    observed: Iterable[Observed], known: Mapping[int, Entry], max_delete: int, target: Target,
+    unobserved: Iterable[int] = (),
 ) -> Plan:
     """`unobserved` are listed requests whose status could not be read: neither delivered nor
-    removed in this run."""
+    removed in this run. The max_delete guard holds back removals only, never deliveries."""
     deliver: list[tuple[int, Reason]] = []
     unchanged: list[int] = []
     listed: set[int] = set(unobserved)
@@ -74,6 +87,13 @@ def make_plan(
             # An entry taken over from upstream has no fingerprint: it is delivered once more
             # rather than trusting upstream's completion ratio, which missed real changes.
             deliver.append((request.id, Reason.CHANGED))
+        elif entry.redeliver is not None:
+            deliver.append((request.id, Reason.REQUESTED))
+        # An entry without a recorded copy predates these records; it is taken as it is.
+        elif entry.copy is not None and entry.copy.key_id != target.key_id:
+            deliver.append((request.id, Reason.KEY_CHANGED))
+        elif entry.copy is not None and entry.copy.destination != target.destination:
+            deliver.append((request.id, Reason.MOVED))
         else:
             unchanged.append(request.id)
     gone = tuple(sorted(i for i, entry in known.items() if entry.deleted is None and i not in listed))

@@ -16,6 +16,7 @@ from typing import Any
 import paramiko
 
 from aktin_sftp.config import SftpConfig
+from aktin_sftp.crypto import Writer
 from aktin_sftp.errors import ConfigError, SyncError, UnavailableError
 from aktin_sftp.faults import checkpoint
 from aktin_sftp.transfer import POSIX_RENAME, open_client
@@ -215,12 +216,24 @@ class Remote:
         return True
 
     def listdir(self) -> list[str]:
+        return sorted(self.listing())
+
+    def listing(self) -> dict[str, int]:
+        """Every file in the folder with its size, from one directory listing."""
         try:
-            return sorted(self.sftp.listdir(self.folder))
+            return {a.filename: a.st_size or 0 for a in self.sftp.listdir_attr(self.folder)}
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
             raise ConfigError(f"SFTP folder {self.folder!r} cannot be listed ({exc}); check [sftp] folder") from None
         except TRANSFER_ERRORS as exc:
             raise self._transfer_error(f"listing of {self.folder}", exc) from None
+
+    def download(self, name: str, local: Writer) -> None:
+        source = self.path(name)
+        try:
+            # paramiko only calls write() on it.
+            self.sftp.getfo(source, local)  # type: ignore[arg-type]
+        except TRANSFER_ERRORS as exc:
+            raise self._transfer_error(f"download of {source}", exc) from None
 
     def remove_partials(self) -> None:
         """Drops what an interrupted run left under temporary names (only names we make)."""

@@ -1,8 +1,10 @@
 """The status XML: what was delivered, in the format the upstream uploader wrote and recipients read.
 
 Upstream's elements (`id`, `completion`, `uploaded`, `last-update`, `deleted`) keep their names and
-meaning; `fingerprint` is ours and records exactly which node results the delivered file holds.
-Elements we do not know are kept as they are.
+meaning. Ours: `fingerprint` records exactly which node results the delivered file holds;
+`key-id`, `destination`, `size` and `sha256` say which key encrypted the file, where it went and
+what was uploaded (for recipients and for `verify`); `redeliver` queues a request for the next
+run. Elements we do not know are kept as they are.
 """
 
 from __future__ import annotations
@@ -21,11 +23,24 @@ from aktin_sftp.files import write_atomic
 log = logging.getLogger(__name__)
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
-KNOWN = ("id", "completion", "uploaded", "last-update", "deleted", "fingerprint")
+KNOWN = (
+    "id", "completion", "uploaded", "last-update", "deleted", "fingerprint",
+    "key-id", "destination", "size", "sha256", "redeliver",
+)
 
 
 def now() -> str:
     return datetime.now(timezone.utc).strftime(TIME_FORMAT)
+
+
+@dataclass(frozen=True)
+class Copy:
+    """One uploaded file: which key encrypted it, where it went, and what arrived there."""
+
+    key_id: str
+    destination: str
+    size: int
+    sha256: str
 
 
 @dataclass
@@ -36,16 +51,25 @@ class Entry:
     last_update: str | None = None
     deleted: str | None = None
     fingerprint: str | None = None
+    copy: Copy | None = None
+    # When an operator asked for the request to be delivered once more (`redeliver`, `verify --repair`).
+    redeliver: str | None = None
     extra: list[ET.Element] = field(default_factory=list)
 
-    def delivered(self, completion: str, fingerprint: str, at: str) -> None:
+    def delivered(self, completion: str, fingerprint: str, at: str, copy: Copy) -> None:
         if self.uploaded is None:
             self.uploaded = at
         else:
             self.last_update = at
         self.completion = completion
         self.fingerprint = fingerprint
+        self.copy = copy
         self.deleted = None
+        self.redeliver = None
+
+    def removed(self, at: str) -> None:
+        self.deleted = at
+        self.redeliver = None
 
 
 class StatusFile:
@@ -126,6 +150,8 @@ def parse(data: bytes, source: str) -> dict[int, Entry]:
             last_update=_text(element, "last-update"),
             deleted=_text(element, "deleted"),
             fingerprint=_text(element, "fingerprint"),
+            copy=_copy(element, source, text),
+            redeliver=_text(element, "redeliver"),
             extra=[child for child in element if child.tag not in KNOWN],
         )
         entries[entry.id] = entry
@@ -143,6 +169,11 @@ def serialize(entries: dict[int, Entry]) -> bytes:
             ("last-update", entry.last_update),
             ("deleted", entry.deleted),
             ("fingerprint", entry.fingerprint),
+            ("key-id", entry.copy.key_id if entry.copy else None),
+            ("destination", entry.copy.destination if entry.copy else None),
+            ("size", str(entry.copy.size) if entry.copy else None),
+            ("sha256", entry.copy.sha256 if entry.copy else None),
+            ("redeliver", entry.redeliver),
         )
         for name, value in values:
             if value is not None:
@@ -156,3 +187,13 @@ def serialize(entries: dict[int, Entry]) -> bytes:
 def _text(element: ET.Element, name: str) -> str | None:
     text = element.findtext(name)
     return text.strip() if text and text.strip() else None
+
+
+def _copy(element: ET.Element, source: str, request_id: str) -> Copy | None:
+    key_id, destination, size, sha256 = (_text(element, name) for name in ("key-id", "destination", "size", "sha256"))
+    if key_id is None or destination is None or size is None or sha256 is None:
+        # Written by upstream or by a version before these were recorded.
+        return None
+    if not size.isdigit() or not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise Damaged(source, f"request {request_id} has a size {size[:40]!r} or sha256 {sha256[:70]!r} that cannot be")
+    return Copy(key_id, destination, int(size), sha256)

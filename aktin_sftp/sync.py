@@ -7,7 +7,7 @@ import os
 import pwd
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,12 +18,11 @@ from aktin_sftp.broker import Broker, RequestFailed
 from aktin_sftp.config import Config, SftpConfig
 from aktin_sftp.errors import ConfigError, SyncError
 from aktin_sftp.faults import checkpoint
-from aktin_sftp.files import open_private
+from aktin_sftp.files import Hashing, open_private
 from aktin_sftp.lock import exclusive
-from aktin_sftp.plan import Observed, Plan, Reason, completion, fingerprint, make_plan
+from aktin_sftp.plan import Observed, Plan, Reason, Target, completion, fingerprint, make_plan
 from aktin_sftp.sftp import Remote
-from aktin_sftp.state import Damaged, Entry, StatusFile, now
-from aktin_sftp.state import parse as parse_status
+from aktin_sftp.state import Copy, Entry, StatusFile, now
 
 log = logging.getLogger(__name__)
 
@@ -46,33 +45,56 @@ class Outcome:
 
 
 def run(config: Config, dry_run: bool = False, show: Callable[[str], None] = print) -> Outcome:
+    key = crypto.load_key(config.key_file)
+    target = Target(crypto.key_id(key), config.sftp.destination)
     if dry_run:
         entries = StatusFile(config.state_dir / STATUS_NAME).load()
         with Broker(config.broker) as broker:
             observed, unreadable = observe(broker, config.broker.tag)
-        _show_plan(make_plan(observed.values(), entries, config.max_delete, unreadable), unreadable, show)
+        _show_plan(make_plan(observed.values(), entries, config.max_delete, target, unreadable), unreadable, show)
         return Outcome()
     prepare(config.state_dir)
     with exclusive(lock_path(config.state_dir)):
         store = StatusFile(config.state_dir / STATUS_NAME)
         entries = store.load()
-        key = crypto.load_key(config.key_file)
         with Broker(config.broker) as broker, _connecting(config.sftp) as connected:
             observed, unreadable = observe(broker, config.broker.tag)
-            plan = make_plan(observed.values(), entries, config.max_delete, unreadable)
+            plan = make_plan(observed.values(), entries, config.max_delete, target, unreadable)
             log.info(
                 "plan: %d to deliver, %d to remove, %d unchanged",
                 len(plan.deliver), len(plan.remove), len(plan.unchanged),
             )
+            _announce_moves(plan, entries, target)
             remote = connected()
             remote.remove_partials()
             _drop_leftovers(config.state_dir)
-            delivery = _Delivery(broker, remote, store, entries, key, config.state_dir)
+            delivery = _Delivery(broker, remote, store, entries, key, target, config.state_dir)
             delivery.outcome.failed.extend(f"{failure}; request {i} is left as it is" for i, failure in unreadable.items())
             delivery.deliver_all(plan.deliver, observed)
             delivery.remove_all(plan.remove, config.broker.tag)
             delivery.publish_status()
     return _finish(delivery.outcome, plan, config.max_delete)
+
+
+def _announce_moves(plan: Plan, entries: dict[int, Entry], target: Target) -> None:
+    """A new key or destination re-delivers every file: said once, with the count, rather
+    than only in each request's own line."""
+    for reason, what, now_is in (
+        (Reason.KEY_CHANGED, "the encryption key", f"key id {target.key_id}"),
+        (Reason.MOVED, "the SFTP destination", target.destination),
+    ):
+        due = [i for i, why in plan.deliver if why is reason]
+        if due:
+            before = sorted({_recorded(entries[i], reason) for i in due})
+            log.warning(
+                "%s changed (was %s, now %s): %d delivered files are delivered again; files at the old "
+                "destination are left as they are", what, ", ".join(before), now_is, len(due),
+            )
+
+
+def _recorded(entry: Entry, reason: Reason) -> str:
+    assert entry.copy is not None
+    return f"key id {entry.copy.key_id}" if reason is Reason.KEY_CHANGED else entry.copy.destination
 
 
 @contextmanager
@@ -102,19 +124,21 @@ def observe(broker: Broker, tag: str) -> tuple[dict[int, Observed], dict[int, Re
     return observed, unreadable
 
 
-def deliver(broker: Broker, remote: Remote, key: bytes, work: Path, request_id: int) -> int:
-    """Export, download, encrypt and upload one request's bundle; returns the uploaded size.
+def deliver(broker: Broker, remote: Remote, key: bytes, target: Target, work: Path, request_id: int) -> Copy:
+    """Export, download, encrypt and upload one request's bundle; returns what was uploaded.
     Each step streams through files in `work` (the state directory), so memory stays flat
     whatever the size."""
     plain = work / f"{WORK_PREFIX}{result_name(request_id)}.download"
     token = work / f"{WORK_PREFIX}{result_name(request_id)}.fernet"
     try:
         broker.export(request_id, plain)
-        with open(plain, "rb") as source, open_private(token) as target:
-            crypto.encrypt_stream(key, source, target)
+        with open(plain, "rb") as source, open_private(token) as handle:
+            hashing = Hashing(handle)
+            crypto.encrypt_stream(key, source, hashing)
         # The plain bundle goes before the upload, so a large delivery needs its size on disk once, not twice.
         plain.unlink()
-        return remote.upload(token, result_name(request_id), progress.for_terminal(result_name(request_id)))
+        size = remote.upload(token, result_name(request_id), progress.for_terminal(result_name(request_id)))
+        return Copy(target.key_id, target.destination, size, hashing.digest.hexdigest())
     finally:
         plain.unlink(missing_ok=True)
         token.unlink(missing_ok=True)
@@ -124,13 +148,15 @@ class _Delivery:
     """Steps 4 to 6 of a run, recording each delivery and removal as soon as it is done."""
 
     def __init__(
-        self, broker: Broker, remote: Remote, store: StatusFile, entries: dict[int, Entry], key: bytes, work: Path
+        self, broker: Broker, remote: Remote, store: StatusFile, entries: dict[int, Entry], key: bytes,
+        target: Target, work: Path,
     ) -> None:
         self.broker = broker
         self.remote = remote
         self.store = store
         self.entries = entries
         self.key = key
+        self.target = target
         self.work = work
         self.outcome = Outcome()
 
@@ -138,7 +164,7 @@ class _Delivery:
         for request_id, reason in due:
             started = time.monotonic()
             try:
-                size = deliver(self.broker, self.remote, self.key, self.work, request_id)
+                copy = deliver(self.broker, self.remote, self.key, self.target, self.work, request_id)
             except RequestFailed as exc:
                 log.warning("request %d not delivered, the next run tries again: %s", request_id, exc,
                             extra={"REQUEST_ID": request_id})
@@ -146,11 +172,11 @@ class _Delivery:
                 continue
             request = observed[request_id]
             self.entries.setdefault(request_id, Entry(request_id, request.completion)).delivered(
-                request.completion, request.fingerprint, now()
+                request.completion, request.fingerprint, now(), copy
             )
             self.store.save(self.entries)
             self.outcome.delivered.append(request_id)
-            self._log_delivery(request, reason, size, time.monotonic() - started)
+            self._log_delivery(request, reason, copy.size, time.monotonic() - started)
             checkpoint("delivered")
 
     def remove_all(self, gone: tuple[int, ...], tag: str) -> None:
@@ -165,7 +191,7 @@ class _Delivery:
                 )
                 continue
             existed = self.remote.remove(result_name(request_id))
-            self.entries[request_id].deleted = now()
+            self.entries[request_id].removed(now())
             self.store.save(self.entries)
             self.outcome.removed.append(request_id)
             log.info(
@@ -201,7 +227,7 @@ def _finish(outcome: Outcome, plan: Plan, max_delete: int) -> Outcome:
     failed = list(outcome.failed)
     if plan.held_back:
         failed.append(
-            f"{len(plan.held_back)} requests are gone from the broker listing (ids {_ids(plan.held_back)}), "
+            f"{len(plan.held_back)} requests are gone from the broker listing (ids {shown_ids(plan.held_back)}), "
             f"more than [state] max_delete = {max_delete}; nothing was removed. If that is intended, "
             "raise max_delete for one run"
         )
@@ -223,7 +249,7 @@ def _show_plan(plan: Plan, unreadable: dict[int, RequestFailed], show: Callable[
     for request_id in plan.remove:
         show(f"would remove request {request_id}: {result_name(request_id)}")
     if plan.held_back:
-        show(f"would refuse to remove {len(plan.held_back)} requests ({_ids(plan.held_back)}): more than max_delete")
+        show(f"would refuse to remove {len(plan.held_back)} requests ({shown_ids(plan.held_back)}): more than max_delete")
     show(f"{len(plan.unchanged)} unchanged; dry run, nothing was changed")
 
 
@@ -258,35 +284,6 @@ def _unwritable(state_dir: Path, problem: str) -> ConfigError:
     )
 
 
-def import_status(state_dir: Path, source: Path) -> None:
-    """Takes over another uploader's status.xml as this service's state: upload times and
-    removals are kept, and its requests count as delivered by this service from now on. Refuses
-    to replace a state that records anything."""
-    try:
-        entries = parse_status(source.read_bytes(), str(source))
-    except FileNotFoundError:
-        raise ConfigError(f"{source}: no such file") from None
-    except PermissionError:
-        raise ConfigError(f"{source}: not readable by this user") from None
-    except Damaged as exc:
-        raise SyncError(f"{exc.problem}; nothing was imported") from None
-    prepare(state_dir)
-    with exclusive(lock_path(state_dir)):
-        store = StatusFile(state_dir / STATUS_NAME)
-        existing = store.load()
-        if existing:
-            raise SyncError(
-                f"{store.path} already records {len(existing)} requests; refusing to replace it "
-                "(move it away first if the imported file is to count instead)"
-            )
-        store.save(entries)
-    log.info(
-        "imported %d requests from %s into %s; the next run delivers them once more, as that file "
-        "does not say which node results they hold",
-        len(entries), source, store.path,
-    )
-
-
 def lock_path(state_dir: Path) -> Path:
     return state_dir / "lock"
 
@@ -299,6 +296,6 @@ def _drop_leftovers(state_dir: Path) -> None:
             path.unlink()
 
 
-def _ids(ids: tuple[int, ...]) -> str:
+def shown_ids(ids: Sequence[int]) -> str:
     shown = ", ".join(str(i) for i in ids[:10])
     return shown + (", …" if len(ids) > 10 else "")

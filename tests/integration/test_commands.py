@@ -87,7 +87,9 @@ def test_options_go_before_or_after_the_command(setup: Setup) -> None:
     assert done.returncode == 78
     assert f"state directory {setup.state_dir} does not exist: no run has used it; check [state] directory" in done.stderr
     setup.state_dir.mkdir()
-    done = subprocess.run([sys.executable, "-m", "aktin_sftp", "status", "--config", str(setup.config)], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "aktin_sftp", "status", "--config", str(setup.config)], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     assert "(nothing delivered yet)" in done.stdout
 

@@ -228,7 +228,7 @@ def test_damaged_status_xml_is_recovered_from_the_previous_copy_or_stops(
     status.write_bytes(status.read_bytes()[:40])
     done = setup.run("run")
     assert done.returncode == 0, done.stderr
-    assert "continuing from the previous good copy" in done.stderr
+    assert "using the previous good copy" in done.stderr
     assert setup.remote_files() == expected_files([*delivered, newest])
 
     status.write_bytes(b"")

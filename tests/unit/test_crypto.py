@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -106,3 +108,32 @@ def test_a_bad_key_file_is_refused(tmp_path: Path, text: bytes) -> None:
 def test_a_key_file_with_a_newline_loads(tmp_path: Path, key: bytes) -> None:
     (tmp_path / "key").write_bytes(key + b"\n")
     assert crypto.load_key(tmp_path / "key") == base64.urlsafe_b64decode(key)
+
+
+def test_several_keys_open_files_of_either_during_a_key_change(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    old, new, other = (Fernet.generate_key() for _ in range(3))
+    for name, value in (("old.key", old), ("new.key", new), ("other.key", other)):
+        (tmp_path / name).write_bytes(value + b"\n")
+    (tmp_path / "a").write_bytes(Fernet(old).encrypt(b"from before"))
+    (tmp_path / "b").write_bytes(Fernet(new).encrypt(b"from after"))
+    keys = ["--key-file", str(tmp_path / "new.key"), "--key-file", str(tmp_path / "old.key")]
+    assert cli.main(["decrypt", *keys, str(tmp_path / "a"), str(tmp_path / "a.zip")]) == 0
+    assert cli.main(["decrypt", *keys, str(tmp_path / "b"), str(tmp_path / "b.zip")]) == 0
+    assert (tmp_path / "a.zip").read_bytes() == b"from before"
+    assert (tmp_path / "b.zip").read_bytes() == b"from after"
+    shown = capsys.readouterr().out
+    assert f"decrypted with {tmp_path / 'old.key'} (key id {crypto.key_id(base64.urlsafe_b64decode(old))})" in shown
+    assert f"decrypted with {tmp_path / 'new.key'}" in shown
+    (tmp_path / "c").write_bytes(Fernet(other).encrypt(b"x"))
+    assert cli.main(["decrypt", *keys, str(tmp_path / "c"), str(tmp_path / "c.zip")]) == 1
+    assert "none of the 2 keys opens it" in capsys.readouterr().err
+    assert not (tmp_path / "c.zip").exists() and not (tmp_path / ".c.zip.part").exists()
+
+
+def test_the_key_id_is_what_a_recipient_computes_from_the_key_file(tmp_path: Path) -> None:
+    key = Fernet.generate_key()
+    (tmp_path / "key").write_bytes(key + b"\n")
+    shell = subprocess.run(
+        ["sh", "-c", f"tr -d '\\n' < {tmp_path / 'key'} | sha256sum | cut -c1-16"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert crypto.key_id(crypto.load_key(tmp_path / "key")) == shell == hashlib.sha256(key).hexdigest()[:16]

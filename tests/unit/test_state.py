@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from aktin_sftp.errors import SyncError
-from aktin_sftp.state import Entry, StatusFile, parse
+from aktin_sftp.state import Copy, Entry, StatusFile, parse
+
+COPY = Copy("0123456789abcdef", "aktin@sftp.example.org:22:upload", 4242, "ab" * 32)
 
 # Written by upstream's sftp_export.py (ElementTree, utf-8, no declaration, no indentation).
 UPSTREAM = (
@@ -32,20 +34,21 @@ def test_round_trip_keeps_every_field_and_unknown_elements(tmp_path: Path) -> No
     path.write_bytes(UPSTREAM.replace(b"<id>3</id>", b"<id>3</id><note>kept</note>"))
     store = StatusFile(path)
     entries = store.load()
-    entries[3].delivered("1.0", "abc", "2026-11-28 07:00:00")
+    entries[3].delivered("1.0", "abc", "2026-11-28 07:00:00", COPY)
     store.save(entries)
     again = store.load()
     assert again[2] == entries[2]
     assert again[3].last_update == "2026-11-28 07:00:00"
     assert again[3].uploaded == "2024-05-02 11:00:00"
     assert again[3].fingerprint == "abc"
+    assert again[3].copy == COPY
     assert [e.tag for e in again[3].extra] == ["note"]
 
 
 def test_written_file_reads_like_upstream_for_a_recipient(tmp_path: Path) -> None:
     store = StatusFile(tmp_path / "status.xml")
     entry = Entry(5, "0.33")
-    entry.delivered("0.33", "fp", "2026-11-28 07:00:00")
+    entry.delivered("0.33", "fp", "2026-11-28 07:00:00", COPY)
     store.save({5: entry})
     data = store.path.read_bytes()
     assert not data.startswith(b"<?xml")
@@ -55,11 +58,16 @@ def test_written_file_reads_like_upstream_for_a_recipient(tmp_path: Path) -> Non
     assert [c.tag for c in element][:3] == ["id", "completion", "uploaded"]
     assert element.findtext("completion") == "0.33"
     assert element.find("last-update") is None and element.find("deleted") is None
+    # Which key opens the file, for the recipient in the middle of a key change.
+    assert element.findtext("key-id") == "0123456789abcdef"
+    assert (element.findtext("size"), element.findtext("sha256")) == ("4242", "ab" * 32)
 
 
 def test_redelivery_after_deletion_clears_deleted_and_keeps_first_upload() -> None:
     entry = Entry(1, "1.0", uploaded="2024-01-01 00:00:00", deleted="2024-02-01 00:00:00")
-    entry.delivered("0.5", "fp", "2026-11-28 07:00:00")
+    entry.redeliver = "2026-11-28 06:00:00"
+    entry.delivered("0.5", "fp", "2026-11-28 07:00:00", COPY)
+    assert entry.redeliver is None
     assert (entry.uploaded, entry.last_update, entry.deleted) == ("2024-01-01 00:00:00", "2026-11-28 07:00:00", None)
 
 
