@@ -118,9 +118,8 @@ def _setup_logging(verbose: bool) -> None:
     if handler is None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # force: a second main() in one process (the tests) must not log every line twice.
+    logging.basicConfig(handlers=[handler], level=logging.DEBUG if verbose else logging.INFO, force=True)
     # paramiko logs every channel event at INFO; only its warnings matter to operators.
     logging.getLogger("paramiko").setLevel(logging.WARNING)
 
