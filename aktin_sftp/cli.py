@@ -20,6 +20,7 @@ from aktin_sftp.state import StatusFile
 
 log = logging.getLogger("aktin_sftp")
 SPEED_PROBE_SIZE = 32 << 20
+LOG_HANDLER = "aktin-broker-sftp"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -118,8 +119,13 @@ def _setup_logging(verbose: bool) -> None:
     if handler is None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    # force: a second main() in one process (the tests) must not log every line twice.
-    logging.basicConfig(handlers=[handler], level=logging.DEBUG if verbose else logging.INFO, force=True)
+    handler.set_name(LOG_HANDLER)
+    root = logging.getLogger()
+    # A second main() in one process (the tests) replaces its handler rather than adding one.
+    for old in [h for h in root.handlers if h.get_name() == LOG_HANDLER]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
     # paramiko logs every channel event at INFO; only its warnings matter to operators.
     logging.getLogger("paramiko").setLevel(logging.WARNING)
 
@@ -138,7 +144,9 @@ def journal_handler() -> logging.Handler | None:
         from systemd.journal import JournalHandler  # type: ignore[import-not-found]
     except ImportError:
         return None
-    handler: logging.Handler = JournalHandler(SYSLOG_IDENTIFIER="aktin-broker-sftp")
+    # A unit instance (aktin-broker-sftp@NAME) names itself, so that its lines can be told apart.
+    identifier = os.environ.get("AKTIN_SFTP_IDENTIFIER", "aktin-broker-sftp")
+    handler: logging.Handler = JournalHandler(SYSLOG_IDENTIFIER=identifier)
     return handler
 
 

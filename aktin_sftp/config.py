@@ -26,6 +26,15 @@ except ModuleNotFoundError:  # Python 3.10 (Ubuntu 22.04): python3-tomli
 
 DEFAULT_PATH = Path("/etc/aktin/sftp.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/aktin/sftp")
+# /etc/aktin/sftp-NAME.toml belongs to the unit instance aktin-broker-sftp@NAME.
+INSTANCE_CONFIG = re.compile(r"sftp-([A-Za-z0-9_.-]+)\.toml")
+
+
+def default_state_dir(config_path: Path) -> Path:
+    """One state per recipient: an instance's config (sftp-NAME.toml) keeps its state in
+    /var/lib/aktin/sftp-NAME, where its unit lets it write; any other config in /var/lib/aktin/sftp."""
+    instance = INSTANCE_CONFIG.fullmatch(config_path.name)
+    return DEFAULT_STATE_DIR.with_name(f"sftp-{instance[1]}") if instance else DEFAULT_STATE_DIR
 DEFAULT_MAX_DELETE = 5
 # Upstream had no known_hosts setting; the system-wide file is where an operator would look first.
 UPSTREAM_KNOWN_HOSTS = Path("/etc/ssh/ssh_known_hosts")
@@ -265,7 +274,7 @@ class _Reader:
             broker=self.broker(),
             sftp=self.sftp(),
             key_file=self.path("encryption", "key_file", check=_fernet_key_file),
-            state_dir=self.path("state", "directory", default=DEFAULT_STATE_DIR),
+            state_dir=self.path("state", "directory", default=default_state_dir(self.file)),
             max_delete=int(self.number("state", "max_delete", DEFAULT_MAX_DELETE, 0, 1_000_000)),
         )
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aktin_sftp import crypto, events, progress
 from aktin_sftp.broker import Broker, RequestFailed
-from aktin_sftp.config import Config, SftpConfig
+from aktin_sftp.config import DEFAULT_STATE_DIR, Config, SftpConfig
 from aktin_sftp.errors import ConfigError, SyncError
 from aktin_sftp.faults import checkpoint
 from aktin_sftp.files import Hashing, open_private
@@ -253,10 +253,6 @@ def _show_plan(plan: Plan, unreadable: dict[int, RequestFailed], show: Callable[
     show(f"{len(plan.unchanged)} unchanged; dry run, nothing was changed")
 
 
-# Where the packaged unit lets the service write (StateDirectory=, under ProtectSystem=strict).
-SERVICE_STATE_DIR = Path("/var/lib/aktin/sftp")
-
-
 def prepare(state_dir: Path) -> None:
     """Makes sure this user can keep its state in `state_dir` before anything is fetched."""
     try:
@@ -277,9 +273,11 @@ def prepare(state_dir: Path) -> None:
 
 def _unwritable(state_dir: Path, problem: str) -> ConfigError:
     # The usual cause: an upstream config whose WORKING_DIR the hardened unit cannot write.
+    # Under the unit, systemd names the one directory it may write (StateDirectory=).
+    writable = os.environ.get("STATE_DIRECTORY", str(DEFAULT_STATE_DIR))
     return ConfigError(
         f"state directory {state_dir} {problem}; the systemd unit lets the service write only "
-        f"{SERVICE_STATE_DIR}: set [state] directory (MISC.WORKING_DIR in an upstream config) to it, "
+        f"{writable}: set [state] directory (MISC.WORKING_DIR in an upstream config) to it, "
         "and take an old status.xml along with 'aktin-broker-sftp import OLD/status.xml'"
     )
 

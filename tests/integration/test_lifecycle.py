@@ -113,9 +113,9 @@ def test_verify_reports_drift_and_repair_queues_only_what_a_run_can_put_right(se
     (setup.folder / f"export_{gone}.zip").unlink()
     token = (setup.folder / f"export_{cut}.zip").read_bytes()
     (setup.folder / f"export_{cut}.zip").write_bytes(token[:-10])
-    token = bytearray((setup.folder / f"export_{tampered}.zip").read_bytes())
-    token[200] = ord("A") if token[200] != ord("A") else ord("B")
-    (setup.folder / f"export_{tampered}.zip").write_bytes(bytes(token))
+    changed = bytearray((setup.folder / f"export_{tampered}.zip").read_bytes())
+    changed[200] = ord("A") if changed[200] != ord("A") else ord("B")
+    (setup.folder / f"export_{tampered}.zip").write_bytes(bytes(changed))
     (setup.folder / "notes.txt").write_text("the recipient's own file")
 
     done = setup.run("verify")

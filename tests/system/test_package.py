@@ -24,6 +24,9 @@ from tests.peers.container import Container
 from tests.peers.sshd import PASSWORD, USER, SshServer
 
 SERVICE = "aktin-broker-sftp.service"
+# systemd's own journal messages: a unit starting, and a oneshot unit done with success.
+UNIT_STARTING = "7d4958e842da4a758f6c1cdc7b36dcc5"
+UNIT_FINISHED = "39f53479d3a045ac8e11786248231fbf"
 TIMER = "aktin-broker-sftp.timer"
 APT = ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q", "-o", "Dpkg::Options::=--force-confold"]
 
@@ -232,6 +235,74 @@ WORKING_DIR = "/opt/aktin-upstream"
         assert system.run("stat", "-c", "%U", "/var/lib/aktin/sftp/status.xml").stdout.strip() == "aktin-sftp"
     finally:
         config.write_text(ours)
+
+
+def test_two_recipients_as_unit_instances_at_the_same_time(
+    system: Container, broker_server: BrokerServer, ssh_server: SshServer
+) -> None:
+    etc = system.path("/etc/aktin")
+    example = (ROOT / "debian" / "sftp.toml").read_text()
+    ids, folders = {}, {}
+    for name in ("rki", "zi"):
+        tag = f"systemd-instance-{name}"
+        ids[name] = [broker_server.create_request([tag]) for _ in range(2)]
+        for request_id in ids[name]:
+            broker_server.nodes["Sachsenklinik"].submit(request_id, f"{name} {request_id}".encode())
+        folders[name] = ssh_server.folder(tag)
+        settings = {
+            "url": f'"{broker_server.url}"', "api_key_file": '"/etc/aktin/sftp-broker-api-key"', "tag": f'"{tag}"',
+            "host": '"127.0.0.1"', "port": str(ssh_server.port), "username": f'"{USER}"',
+            "password_file": '"/etc/aktin/sftp-password"', "known_hosts": '"/etc/aktin/sftp-known_hosts"',
+            "folder": f'"{SshServer.remote(folders[name])}"', "key_file": '"/etc/aktin/sftp-fernet.key"',
+        }
+        # No [state] directory: the instance's config name decides it.
+        (etc / f"sftp-{name}.toml").write_text(configure(example, settings))
+        system.run("chown", "root:aktin-sftp", f"/etc/aktin/sftp-{name}.toml")
+        system.run("chmod", "0640", f"/etc/aktin/sftp-{name}.toml")
+    plain_state = system.run("cat", "/var/lib/aktin/sftp/status.xml", check=False).stdout
+
+    units = [f"aktin-broker-sftp@{name}.service" for name in ids]
+    started = system.run("systemctl", "start", *units, check=False)
+    assert started.returncode == 0, system.run("journalctl", "-u", "aktin-broker-sftp@*", "--no-pager").stdout[-3000:]
+    # An instance is unloaded once it is done, so systemd's own journal lines show when each
+    # one started and finished.
+    runs = []
+    for name in units:
+        lines = system.run("journalctl", "-u", name, "-o", "json", "--no-pager").stdout.splitlines()
+        by_id = {e.get("MESSAGE_ID"): int(e["__MONOTONIC_TIMESTAMP"]) for e in map(json.loads, reversed(lines))}
+        runs.append((by_id[UNIT_STARTING], by_id[UNIT_FINISHED]))
+    first, second = runs
+    assert first[0] < second[1] and second[0] < first[1], f"the two instances did not run at the same time: {runs}"
+    for name, own in ids.items():
+        assert sorted(p.name for p in folders[name].iterdir()) == sorted([f"export_{i}.zip" for i in own] + ["status.xml"])
+        state = f"/var/lib/aktin/sftp-{name}"
+        assert system.run("stat", "-c", "%U %a", state).stdout.split() == ["aktin-sftp", "700"]
+        status = system.run("cat", f"{state}/status.xml").stdout
+        assert all(f"<id>{i}</id>" in status for i in own)
+        assert not any(f"<id>{i}</id>" in status for other in ids.values() if other is not own for i in other)
+        lines = system.run("journalctl", "-u", f"aktin-broker-sftp@{name}", "-o", "json", "--no-pager").stdout.splitlines()
+        delivered = [e for e in map(json.loads, lines) if e.get("MESSAGE_ID") == events.DELIVERED]
+        assert sorted(int(e["REQUEST_ID"]) for e in delivered) == own
+        assert {e["SYSLOG_IDENTIFIER"] for e in delivered} == {f"aktin-broker-sftp-{name}"}
+    assert system.run("cat", "/var/lib/aktin/sftp/status.xml", check=False).stdout == plain_state
+
+    # "File 17 is missing": the documented commands for an operator on a packaged install.
+    again = ids["rki"][1]
+    queued = system.run(
+        "runuser", "-u", "aktin-sftp", "--", "aktin-broker-sftp", "--config", "/etc/aktin/sftp-rki.toml",
+        "redeliver", str(again), check=False,
+    )
+    assert queued.returncode == 0, queued.stderr
+    system.run("systemctl", "start", units[0])
+    lines = system.run("journalctl", "-u", "aktin-broker-sftp@rki", "-o", "json", "--no-pager").stdout.splitlines()
+    redelivered = [e for e in map(json.loads, lines) if e.get("MESSAGE_ID") == events.REDELIVERED]
+    assert [int(e["REQUEST_ID"]) for e in redelivered] == [again]
+    assert "re-delivery requested" in redelivered[0]["MESSAGE"]
+
+    system.run("systemctl", "enable", "--now", "aktin-broker-sftp@zi.timer")
+    assert "aktin-broker-sftp@zi.timer" in system.run("systemctl", "list-timers", "--all").stdout
+    system.run("systemctl", "disable", "--now", "aktin-broker-sftp@zi.timer")
+    assert system.run("systemctl", "is-enabled", TIMER).stdout.strip() == "enabled"
 
 
 def test_upgrade_keeps_the_edited_conffile_and_the_state(system: Container, debs: tuple[Path, Path]) -> None:

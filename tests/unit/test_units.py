@@ -5,6 +5,8 @@ from __future__ import annotations
 import configparser
 from pathlib import Path
 
+from aktin_sftp.config import default_state_dir
+
 UNITS = Path(__file__).resolve().parent.parent.parent / "systemd"
 
 
@@ -17,3 +19,26 @@ def test_restart_settings_come_with_a_restart_policy() -> None:
         restart = service.get("Restart", "no")
         for setting in ("RestartPreventExitStatus", "RestartForceExitStatus", "RestartSec"):
             assert setting not in service or restart != "no", f"{path.name}: {setting} without Restart="
+
+
+def service_lines(name: str) -> set[str]:
+    return {line for line in (UNITS / name).read_text().splitlines() if line and not line.startswith("#")}
+
+
+def test_an_instance_is_hardened_exactly_like_the_plain_service() -> None:
+    plain, instance = service_lines("aktin-broker-sftp.service"), service_lines("aktin-broker-sftp@.service")
+    assert plain - instance == {
+        "Description=Deliver tagged AKTIN Broker results to the recipient's SFTP folder",
+        "ExecStart=/usr/bin/aktin-broker-sftp --config /etc/aktin/sftp.toml run",
+        "StateDirectory=aktin/sftp",
+        "SyslogIdentifier=aktin-broker-sftp",
+    }
+    assert all("%i" in line for line in instance - plain)
+
+
+def test_an_instance_config_keeps_its_state_where_its_unit_lets_it_write() -> None:
+    assert default_state_dir(Path("/etc/aktin/sftp-rki.toml")) == Path("/var/lib/aktin/sftp-rki")
+    assert default_state_dir(Path("/etc/aktin/sftp.toml")) == Path("/var/lib/aktin/sftp")
+    assert default_state_dir(Path("/srv/other.toml")) == Path("/var/lib/aktin/sftp")
+    instance = (UNITS / "aktin-broker-sftp@.service").read_text()
+    assert "--config /etc/aktin/sftp-%i.toml" in instance and "StateDirectory=aktin/sftp-%i\n" in instance
