@@ -1,13 +1,17 @@
-"""A Debian 12 system booted with systemd as PID 1 (systemd-nspawn), for the package tests.
+"""A Debian system booted with systemd as PID 1 (systemd-nspawn), for the package tests:
+Debian 12 (bookworm) and Debian 13 (trixie).
 
-The rootfs is debootstrapped once and cached as a tarball outside the clone; each test session
-unpacks a fresh copy. The container shares the host's network, so the broker and sshd that the
-tests start on 127.0.0.1 are reachable from inside.
+The rootfs is debootstrapped once per release and cached as a tarball outside the clone; each
+test session unpacks a fresh copy. The container shares the host's network, so the broker and
+sshd that the tests start on 127.0.0.1 are reachable from inside. The Debian mirror is the
+host's own (its apt sources), or AKTIN_SFTP_DEBIAN_MIRROR.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 import shutil
 import subprocess
 import time
@@ -16,26 +20,68 @@ from pathlib import Path
 from tests.peers import stop
 from tests.peers.broker import CACHE
 
-MIRROR = "http://deb.debian.org/debian"
-SUITE = "bookworm"
+SUITES = ("bookworm", "trixie")
 # What an AKTIN broker server has, plus what the package tests need inside (pytest, tomli, man,
 # and requests for the test harness that conftest.py loads).
 PACKAGES = [
     "python3-paramiko", "python3-cryptography", "python3-defusedxml", "python3-systemd", "python3-tomli",
     "python3-pytest", "python3-requests", "man-db",
 ]
-# Named by its package list, so that changing the list builds a new one instead of reusing a stale one.
-TARBALL = CACHE / f"rootfs-{SUITE}-{hashlib.sha256(' '.join(PACKAGES).encode()).hexdigest()[:8]}.tar"
+MIRROR_VARIABLE = "AKTIN_SFTP_DEBIAN_MIRROR"
 
 
-def rootfs_tarball() -> Path:
-    if TARBALL.exists():
-        return TARBALL
+def tarball(suite: str) -> Path:
+    # Named by its package list, so that changing the list builds a new one instead of reusing a stale one.
+    return CACHE / f"rootfs-{suite}-{hashlib.sha256(' '.join(PACKAGES).encode()).hexdigest()[:8]}.tar"
+
+
+def apt_sources(etc: Path = Path("/etc/apt")) -> list[tuple[str, list[str]]]:
+    """(URI, suites) of every `deb` source the host's apt uses, one-line or deb822 style."""
+    found: list[tuple[str, list[str]]] = []
+    one_line = [etc / "sources.list", *sorted((etc / "sources.list.d").glob("*.list"))]
+    for path in one_line:
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                words = re.sub(r"\[[^\]]*\]", "", line.split("#", 1)[0]).split()
+                if len(words) >= 3 and words[0] == "deb":
+                    found.append((words[1], [words[2]]))
+    for path in sorted((etc / "sources.list.d").glob("*.sources")):
+        for stanza in re.split(r"\n\s*\n", path.read_text()):
+            fields = {}
+            for line in stanza.splitlines():
+                if ":" in line and not line.startswith(("#", " ", "\t")):
+                    name, value = line.split(":", 1)
+                    fields[name.strip().lower()] = value.split()
+            if "deb" in fields.get("types", []) and fields.get("enabled", ["yes"]) != ["no"]:
+                found.extend((uri, fields.get("suites", [])) for uri in fields.get("uris", []))
+    return found
+
+
+def debian_mirror() -> str:
+    """The host's Debian mirror: the source that serves the host's own release (not its
+    security or update suites), so that a machine behind a local mirror uses that mirror."""
+    if os.environ.get(MIRROR_VARIABLE):
+        return os.environ[MIRROR_VARIABLE]
+    release = Path("/etc/os-release").read_text()
+    codename = re.search(r"^VERSION_CODENAME=\"?([a-z]+)", release, re.MULTILINE)
+    for uri, suites in apt_sources():
+        if codename and codename[1] in suites and not uri.rstrip("/").endswith("-security"):
+            return uri
+    raise RuntimeError(f"no Debian mirror among this host's apt sources; set {MIRROR_VARIABLE} to one")
+
+
+def rootfs_tarball(suite: str) -> Path:
+    target = tarball(suite)
+    if target.exists():
+        return target
     CACHE.mkdir(parents=True, exist_ok=True)
-    building = TARBALL.with_suffix(".building")
+    building = target.with_suffix(".building")
     shutil.rmtree(building, ignore_errors=True)
     subprocess.run(
-        ["debootstrap", "--variant=minbase", "--include=systemd,systemd-sysv,dbus,python3,adduser", SUITE, str(building), MIRROR],
+        [
+            "debootstrap", "--variant=minbase", "--include=systemd,systemd-sysv,dbus,python3,adduser",
+            suite, str(building), debian_mirror(),
+        ],
         check=True, capture_output=True,
     )
     # apt resolves the virtual packages (python3-cffi-backend-api-*) that debootstrap cannot.
@@ -44,21 +90,22 @@ def rootfs_tarball() -> Path:
         check=True, capture_output=True, env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
     )
     subprocess.run(["chroot", str(building), "apt-get", "clean"], check=True)
-    partial = TARBALL.with_suffix(".part")
+    partial = target.with_suffix(".part")
     subprocess.run(["tar", "-C", str(building), "-cf", str(partial), "."], check=True)
-    partial.rename(TARBALL)
+    partial.rename(target)
     shutil.rmtree(building)
-    return TARBALL
+    return target
 
 
 class Container:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, suite: str) -> None:
+        self.suite = suite
         self.root = directory / "root"
         self.root.mkdir(parents=True)
-        subprocess.run(["tar", "-C", str(self.root), "-xf", str(rootfs_tarball())], check=True)
+        subprocess.run(["tar", "-C", str(self.root), "-xf", str(rootfs_tarball(suite))], check=True)
         self.log = open(directory / "boot.log", "wb")
         self.nspawn = subprocess.Popen(
-            ["systemd-nspawn", "-D", str(self.root), "-b", "--register=no", "--keep-unit", "-M", "aktin-sftp-test"],
+            ["systemd-nspawn", "-D", str(self.root), "-b", "--register=no", "--keep-unit", "-M", f"aktin-sftp-{suite}"],
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
         )
         self.leader = self._leader()

@@ -1,6 +1,7 @@
-"""The operator's life cycle of the Debian package in a booted Debian 12 with systemd as PID 1:
-apt install, systemctl, journalctl, upgrade, purge. The tests run in file order, each phase on
-the system the previous one left."""
+"""The operator's life cycle of the Debian package in a booted Debian 12 and a booted Debian 13,
+each with systemd as PID 1 and its own Python, paramiko and cryptography: apt install,
+systemctl, journalctl, upgrade, purge. The tests run in file order, each phase on the system the
+previous one left; tags and folders carry the release's name, as the broker and sshd serve both."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from tests.conftest import ROOT
 from tests.peers import package
 from tests.peers.broker import ADMIN_KEY, BrokerServer
 from tests.peers.client import write_key
-from tests.peers.container import Container
+from tests.peers.container import SUITES, Container
 from tests.peers.sshd import PASSWORD, USER, SshServer
 
 SERVICE = "aktin-broker-sftp.service"
@@ -38,11 +39,13 @@ def debs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return package.build(tmp_path_factory.mktemp("deb")), package.build(tmp_path_factory.mktemp("deb-next"), "99.0.0")
 
 
-@pytest.fixture(scope="module")
-def system(tmp_path_factory: pytest.TempPathFactory, debs: tuple[Path, Path]) -> Iterator[Container]:
+@pytest.fixture(scope="module", params=SUITES)
+def system(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, debs: tuple[Path, Path]
+) -> Iterator[Container]:
     if os.geteuid() != 0 or not shutil.which("systemd-nspawn") or not shutil.which("debootstrap"):
         pytest.skip("needs root, systemd-nspawn and debootstrap ('make test' installs them)")
-    container = Container(tmp_path_factory.mktemp("container"))
+    container = Container(tmp_path_factory.mktemp(f"container-{request.param}"), request.param)
     # An operator's drop-in (as the man page describes) that keeps the timer from firing in the
     # middle of a test; the timer is still enabled and started by the package.
     drop_in = container.path("/etc/systemd/system/aktin-broker-sftp.timer.d")
@@ -115,7 +118,8 @@ def test_unconfigured_run_fails_with_78_and_one_clear_journal_line(system: Conta
 
 def test_the_unit_tests_pass_on_the_system_python_without_tomllib(system: Container) -> None:
     """Python 3.10 (Ubuntu 22.04) has no tomllib; the installed package then uses python3-tomli."""
-    shutil.copytree(ROOT / "tests", system.path("/srv/suite/tests"), ignore=shutil.ignore_patterns("__pycache__"))
+    for part in ("tests", "systemd"):
+        shutil.copytree(ROOT / part, system.path(f"/srv/suite/{part}"), ignore=shutil.ignore_patterns("__pycache__"))
     done = system.run(
         "sh", "-c", "cd /srv/suite && AKTIN_SFTP_HIDE_TOMLLIB=1 python3 -m pytest -q -p no:cacheprovider tests/unit", check=False
     )
@@ -126,11 +130,11 @@ def test_the_unit_tests_pass_on_the_system_python_without_tomllib(system: Contai
 
 
 def test_a_delivery_under_systemd(system: Container, broker_server: BrokerServer, ssh_server: SshServer) -> None:
-    tag = "systemd-delivery"
+    tag = f"systemd-delivery-{system.suite}"
     ids = [broker_server.create_request([tag]) for _ in range(2)]
     for request_id in ids:
         broker_server.nodes["Sachsenklinik"].submit(request_id, f"result {request_id}".encode())
-    folder = ssh_server.folder("systemd-delivery")
+    folder = ssh_server.folder(tag)
     etc = system.path("/etc/aktin")
     key = write_key(etc / "sftp-fernet.key")
     (etc / "sftp-broker-api-key").write_text(ADMIN_KEY + "\n")
@@ -174,11 +178,11 @@ def test_an_upstream_working_dir_is_a_clear_78_and_import_takes_its_state_over(
 ) -> None:
     """An operator keeps the upstream uploader's config, whose WORKING_DIR the hardened unit
     cannot write; the journal says what to do, and the documented commands do it."""
-    tag = "systemd-import"
+    tag = f"systemd-import-{system.suite}"
     taken, new = broker_server.create_request([tag]), broker_server.create_request([tag])
     broker_server.nodes["Sachsenklinik"].submit(taken, b"result")
     gone = new + 1000
-    folder = ssh_server.folder("systemd-import")
+    folder = ssh_server.folder(tag)
     system.run("find", "/var/lib/aktin/sftp", "-mindepth", "1", "-delete")
     upstream = system.path("/opt/aktin-upstream")
     upstream.mkdir()
@@ -244,7 +248,7 @@ def test_two_recipients_as_unit_instances_at_the_same_time(
     example = (ROOT / "debian" / "sftp.toml").read_text()
     ids, folders = {}, {}
     for name in ("rki", "zi"):
-        tag = f"systemd-instance-{name}"
+        tag = f"systemd-instance-{name}-{system.suite}"
         ids[name] = [broker_server.create_request([tag]) for _ in range(2)]
         for request_id in ids[name]:
             broker_server.nodes["Sachsenklinik"].submit(request_id, f"{name} {request_id}".encode())
