@@ -126,8 +126,10 @@ def _setup_logging(verbose: bool) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    # paramiko logs every channel event at INFO; only its warnings matter to operators.
-    logging.getLogger("paramiko").setLevel(logging.WARNING)
+    # paramiko logs every channel event at INFO, and a channel the server refuses beyond its
+    # session limit (which a second login then serves) as an ERROR; what matters reaches the
+    # operator as our own one-line errors.
+    logging.getLogger("paramiko").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
 
 
 def journal_handler() -> logging.Handler | None:

@@ -81,6 +81,7 @@ class SftpConfig:
     known_hosts: Path
     folder: str
     timeout: float
+    parallel: int
 
     @property
     def destination(self) -> str:
@@ -159,7 +160,7 @@ SCHEMA: dict[str, set[str]] = {
     "broker": {"url", "api_key", "api_key_file", "tag", "ca_bundle", "timeout", "parallel", "max_download_mib"},
     "sftp": {
         "host", "port", "username", "password", "password_file", "private_key_file",
-        "known_hosts", "folder", "timeout",
+        "known_hosts", "folder", "timeout", "parallel",
     },
     "encryption": {"key_file"},
     "state": {"directory", "max_delete"},
@@ -337,6 +338,9 @@ class _Reader:
             known_hosts=self.path("sftp", "known_hosts", check=_readable_file),
             folder=folder.rstrip("/") or "/",
             timeout=self.number("sftp", "timeout", 30, 1, 3600),
+            # Deliveries at once, each on an SFTP channel of its own: over a WAN a file waits
+            # several round trips, which others fill. 8 stays below OpenSSH's MaxSessions (10).
+            parallel=int(self.number("sftp", "parallel", 8, 1, 32)),
         )
 
 

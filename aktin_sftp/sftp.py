@@ -10,6 +10,7 @@ import re
 import socket
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -126,38 +127,89 @@ def partial_name(name: str) -> str:
 
 
 class Remote:
-    def __init__(self, config: SftpConfig) -> None:
+    """One SFTP channel into the configured folder. `Remote(config)` logs in; `more_channels`
+    adds channels for deliveries at the same time."""
+
+    def __init__(self, config: SftpConfig, shared: Remote | None = None) -> None:
         self.config = config
         self.folder = config.folder
-        self.client = paramiko.SSHClient()
-        load_known_hosts(config.known_hosts, self.client.get_host_keys())
-        # Never learn a key: an unknown or changed host key is refused.
-        self.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        # Further logins that this one opened for channels beyond the server's session limit.
+        self.logins: list[Remote] = []
+        self.owns_login = shared is None
+        self.client: paramiko.SSHClient = shared.client if shared else paramiko.SSHClient()
         try:
-            self.client.connect(
-                config.host,
-                port=config.port,
-                username=config.username,
-                password=config.password.reveal() if config.password else None,
-                key_filename=str(config.private_key_file) if config.private_key_file else None,
-                timeout=config.timeout,
-                banner_timeout=config.timeout,
-                auth_timeout=config.timeout,
-                allow_agent=False,
-                look_for_keys=False,
-                **_transport_options(),
-            )
+            if shared is None:
+                self._login(config)
             transport = self.client.get_transport()
             assert transport is not None
-            # Without TCP_NODELAY, small SFTP requests wait for delayed ACKs.
-            transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[union-attr]
             self.cipher: str = getattr(transport, "remote_cipher", "unknown")
             self.server: str = transport.remote_version
             self.sftp = open_client(transport)
             self.write_size = write_size(self.server, self.sftp.sock.out_max_packet_size)
         except TRANSFER_ERRORS as exc:
-            self.client.close()
-            raise _login_error(config, exc) from None
+            if shared is None:
+                self.client.close()
+                raise _login_error(config, exc) from None
+            raise
+
+    def _login(self, config: SftpConfig) -> None:
+        load_known_hosts(config.known_hosts, self.client.get_host_keys())
+        # Never learn a key: an unknown or changed host key is refused.
+        self.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        self.client.connect(
+            config.host,
+            port=config.port,
+            username=config.username,
+            password=config.password.reveal() if config.password else None,
+            key_filename=str(config.private_key_file) if config.private_key_file else None,
+            timeout=config.timeout,
+            banner_timeout=config.timeout,
+            auth_timeout=config.timeout,
+            allow_agent=False,
+            look_for_keys=False,
+            **_transport_options(),
+        )
+        transport = self.client.get_transport()
+        assert transport is not None
+        # Without TCP_NODELAY, small SFTP requests wait for delayed ACKs.
+        transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[union-attr]
+
+    def more_channels(self, count: int) -> list[Remote]:
+        """`count` further channels, opened at the same time (one round trip for all) on this
+        login. Those the server refuses (OpenSSH allows MaxSessions, 10 by default, per
+        connection) come from a further login."""
+        if count < 1:
+            return []
+        with ThreadPoolExecutor(count) as pool:
+            tries = list(pool.map(lambda _: self._channel_or_refusal(), range(count)))
+        opened = [channel for channel in tries if channel is not None]
+        refused = count - len(opened)
+        if refused:
+            log.debug("the SFTP server refused %d more channels on one login; logging in once more", refused)
+            try:
+                extra = Remote(self.config)
+            except SyncError:
+                for channel in opened:
+                    channel.close()
+                raise
+            self.logins.append(extra)
+            opened += [extra, *extra.more_channels(refused - 1)]
+        return opened
+
+    def _channel_or_refusal(self) -> Remote | None:
+        try:
+            return Remote(self.config, shared=self)
+        except paramiko.ChannelException:
+            return None
+        except paramiko.SSHException as exc:
+            transport = self.client.get_transport()
+            # paramiko keeps one refusal per connection: of several refused at once, the
+            # others see only "Unable to open channel", on a connection that is still fine.
+            if transport is not None and transport.is_active():
+                return None
+            raise self._transfer_error("opening another SFTP channel", exc) from None
+        except TRANSFER_ERRORS as exc:
+            raise self._transfer_error("opening another SFTP channel", exc) from None
 
     def __enter__(self) -> Remote:
         return self
@@ -166,7 +218,13 @@ class Remote:
         self.close()
 
     def close(self) -> None:
-        self.client.close()
+        """Closes the login (and every channel on it), or only the channel of a shared one."""
+        for login in self.logins:
+            login.close()
+        if self.owns_login:
+            self.client.close()
+        else:
+            self.sftp.close()
 
     def path(self, name: str) -> str:
         return posixpath.join(self.folder, name)

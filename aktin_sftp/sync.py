@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import pwd
+import queue
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -68,7 +70,7 @@ def run(config: Config, dry_run: bool = False, show: Callable[[str], None] = pri
             remote = connected()
             remote.remove_partials()
             _drop_leftovers(config.state_dir)
-            delivery = _Delivery(broker, remote, store, entries, key, target, config.state_dir)
+            delivery = _Delivery(broker, remote, store, entries, key, target, config.state_dir, config.sftp.parallel)
             delivery.outcome.failed.extend(f"{failure}; request {i} is left as it is" for i, failure in unreadable.items())
             delivery.deliver_all(plan.deliver, observed)
             delivery.remove_all(plan.remove, config.broker.tag)
@@ -124,7 +126,9 @@ def observe(broker: Broker, tag: str) -> tuple[dict[int, Observed], dict[int, Re
     return observed, unreadable
 
 
-def deliver(broker: Broker, remote: Remote, key: bytes, target: Target, work: Path, request_id: int) -> Copy:
+def deliver(
+    broker: Broker, remote: Remote, key: bytes, target: Target, work: Path, request_id: int, show_progress: bool = True
+) -> Copy:
     """Export, download, encrypt and upload one request's bundle; returns what was uploaded.
     Each step streams through files in `work` (the state directory), so memory stays flat
     whatever the size."""
@@ -137,7 +141,9 @@ def deliver(broker: Broker, remote: Remote, key: bytes, target: Target, work: Pa
             crypto.encrypt_stream(key, source, hashing)
         # The plain bundle goes before the upload, so a large delivery needs its size on disk once, not twice.
         plain.unlink()
-        size = remote.upload(token, result_name(request_id), progress.for_terminal(result_name(request_id)))
+        # Progress lines of several uploads at once would overwrite each other.
+        shown = progress.for_terminal(result_name(request_id)) if show_progress else None
+        size = remote.upload(token, result_name(request_id), shown)
         return Copy(target.key_id, target.destination, size, hashing.digest.hexdigest())
     finally:
         plain.unlink(missing_ok=True)
@@ -149,9 +155,11 @@ class _Delivery:
 
     def __init__(
         self, broker: Broker, remote: Remote, store: StatusFile, entries: dict[int, Entry], key: bytes,
-        target: Target, work: Path,
+        target: Target, work: Path, parallel: int,
     ) -> None:
         self.broker = broker
+        self.parallel = parallel
+        self.recording = threading.Lock()
         self.remote = remote
         self.store = store
         self.entries = entries
@@ -161,23 +169,57 @@ class _Delivery:
         self.outcome = Outcome()
 
     def deliver_all(self, due: tuple[tuple[int, Reason], ...], observed: dict[int, Observed]) -> None:
-        for request_id, reason in due:
-            started = time.monotonic()
+        """Up to `[sftp] parallel` requests at a time, each on an SFTP channel of its own: one
+        request's export and download overlap another's encryption and upload. A failure that
+        ends the run (the connection lost, say) lets the deliveries under way finish and starts
+        no more; it is raised once they are done."""
+        workers = min(self.parallel, len(due))
+        if workers == 0:
+            return
+        channels: queue.SimpleQueue[Remote] = queue.SimpleQueue()
+        for channel in [self.remote, *self.remote.more_channels(workers - 1)]:
+            channels.put(channel)
+        stop = threading.Event()
+
+        def one(request_id: int, reason: Reason) -> None:
+            if stop.is_set():
+                return
+            channel = channels.get()
             try:
-                copy = deliver(self.broker, self.remote, self.key, self.target, self.work, request_id)
-            except RequestFailed as exc:
-                log.warning("request %d not delivered, the next run tries again: %s", request_id, exc,
-                            extra={"REQUEST_ID": request_id})
+                self._deliver_one(channel, request_id, reason, observed[request_id], workers == 1)
+            except BaseException:
+                stop.set()
+                raise
+            finally:
+                channels.put(channel)
+
+        with ThreadPoolExecutor(workers) as pool:
+            done = [pool.submit(one, request_id, reason) for request_id, reason in due]
+        for future in done:
+            failure = future.exception()
+            if failure is not None:
+                raise failure
+
+    def _deliver_one(self, channel: Remote, request_id: int, reason: Reason, request: Observed, show_progress: bool) -> None:
+        started = time.monotonic()
+        try:
+            copy = deliver(self.broker, channel, self.key, self.target, self.work, request_id, show_progress)
+        except RequestFailed as exc:
+            log.warning("request %d not delivered, the next run tries again: %s", request_id, exc,
+                        extra={"REQUEST_ID": request_id})
+            with self.recording:
                 self.outcome.failed.append(str(exc))
-                continue
-            request = observed[request_id]
+            return
+        # Recorded at once, one delivery at a time: no entry is lost or doubled by a
+        # delivery finishing alongside.
+        with self.recording:
             self.entries.setdefault(request_id, Entry(request_id, request.completion)).delivered(
                 request.completion, request.fingerprint, now(), copy
             )
             self.store.save(self.entries)
             self.outcome.delivered.append(request_id)
-            self._log_delivery(request, reason, copy.size, time.monotonic() - started)
-            checkpoint("delivered")
+        self._log_delivery(channel, request, reason, copy.size, time.monotonic() - started)
+        checkpoint("delivered")
 
     def remove_all(self, gone: tuple[int, ...], tag: str) -> None:
         for request_id in gone:
@@ -206,9 +248,9 @@ class _Delivery:
         self.store.save(self.entries)
         self.remote.upload(self.store.path, STATUS_NAME)
 
-    def _log_delivery(self, request: Observed, reason: Reason, size: int, seconds: float) -> None:
+    def _log_delivery(self, channel: Remote, request: Observed, reason: Reason, size: int, seconds: float) -> None:
         first = reason is Reason.NEW
-        path = self.remote.path(result_name(request.id))
+        path = channel.path(result_name(request.id))
         log.info(
             "%s request %d (%s, completion %s): %s, %d bytes in %.1f s",
             "delivered" if first else "re-delivered", request.id, reason.value, request.completion, path, size, seconds,

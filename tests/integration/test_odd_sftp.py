@@ -29,7 +29,7 @@ def server(tmp_path: Path) -> Iterator[OddSftpServer]:
 def remote(server: OddSftpServer) -> Remote:
     return Remote(SftpConfig(
         host="127.0.0.1", port=server.port, username=USER, password=Secret(PASSWORD), private_key_file=None,
-        known_hosts=server.known_hosts, folder="/", timeout=10,
+        known_hosts=server.known_hosts, folder="/", timeout=10, parallel=1,
     ))
 
 

@@ -24,6 +24,7 @@ def settings(server: SshServer, folder: Path, **changes: object) -> SftpConfig:
     values: dict[str, object] = {
         "host": "127.0.0.1", "port": server.port, "username": USER, "password": Secret(PASSWORD),
         "private_key_file": None, "known_hosts": server.known_hosts, "folder": SshServer.remote(folder), "timeout": 10,
+        "parallel": 8,
     }
     values.update(changes)
     return SftpConfig(**values)  # type: ignore[arg-type]

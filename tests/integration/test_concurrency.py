@@ -1,0 +1,83 @@
+"""Several deliveries at a time (`[sftp] parallel`), against the broker and a real sshd: they
+overlap, each is recorded exactly once, and channels beyond the server's session limit come
+from a second login. The crash and fault suites run with the default of 8 as well."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Setup
+from tests.integration.test_faults import expected_files
+from tests.peers.broker import BrokerServer
+from tests.peers.faults import BrokerProxy, Rule
+from tests.peers.sshd import SshServer
+
+
+@pytest.fixture
+def proxy(broker_server: BrokerServer) -> Iterator[BrokerProxy]:
+    server = BrokerProxy(broker_server.port)
+    yield server
+    server.stop()
+
+
+def with_parallel(setup: Setup, parallel: int) -> Path:
+    return setup.variant("[sftp]\n", f"[sftp]\nparallel = {parallel}\n")
+
+
+def logins(ssh_server: SshServer) -> int:
+    return (ssh_server.directory / "sshd.log").read_text().count("Accepted password for")
+
+
+def test_exports_overlap_up_to_the_configured_number(setup: Setup, broker_server: BrokerServer, proxy: BrokerProxy) -> None:
+    ids = [broker_server.create_request([setup.tag]) for _ in range(6)]
+    config = with_parallel(setup, 3)
+    config.write_text(config.read_text().replace(broker_server.url, proxy.url))
+    # Each export waits a second before the broker sees it; delivered one after another, a
+    # download would follow each export.
+    proxy.rules.append(Rule("POST", r"/broker/export/request-bundle/", delay=1.0))
+    done = setup.run("run", config=config)
+    assert done.returncode == 0, done.stderr
+    calls = [call for call in proxy.seen if "/export/" in call or "/download/" in call]
+    assert [call.split()[0] for call in calls[:3]] == ["POST"] * 3, calls
+    assert "GET" in calls[3], calls
+    assert setup.remote_files() == expected_files(ids)
+
+
+def test_many_at_once_are_each_recorded_once_and_a_second_login_serves_beyond_max_sessions(
+    setup: Setup, broker_server: BrokerServer, ssh_server: SshServer
+) -> None:
+    ids = [broker_server.create_request([setup.tag]) for _ in range(30)]
+    for request_id in ids:
+        broker_server.nodes["Bergklinik"].submit(request_id, f"result {request_id}".encode())
+    before = logins(ssh_server)
+    # OpenSSH allows 10 sessions per connection: 14 channels need a second login.
+    done = setup.run("run", config=with_parallel(setup, 14))
+    assert done.returncode == 0, done.stderr
+    assert logins(ssh_server) - before == 2
+    assert setup.remote_files() == expected_files(ids)
+    for request_id in ids:
+        assert len(re.findall(rf"delivered request {request_id} \(new", done.stderr)) == 1
+        assert setup.decrypt(f"export_{request_id}.zip")[:2] == b"PK"
+    status = (setup.state_dir / "status.xml").read_text()
+    assert sorted(int(i) for i in re.findall(r"<id>(\d+)</id>", status)) == ids
+    assert (setup.folder / "status.xml").read_text() == status
+    again = setup.run("run", config=with_parallel(setup, 14))
+    assert "run finished: 0 delivered, 0 removed, 30 unchanged" in again.stderr
+
+
+def test_one_failing_export_among_concurrent_ones_fails_only_itself(
+    setup: Setup, broker_server: BrokerServer, proxy: BrokerProxy
+) -> None:
+    ids = [broker_server.create_request([setup.tag]) for _ in range(8)]
+    config = with_parallel(setup, 4)
+    config.write_text(config.read_text().replace(broker_server.url, proxy.url))
+    proxy.rules.append(Rule("POST", rf"/broker/export/request-bundle/{ids[3]}$", status=500))
+    done = setup.run("run", config=config)
+    assert done.returncode == 1
+    assert setup.remote_files() == expected_files([i for i in ids if i != ids[3]])
+    status = (setup.state_dir / "status.xml").read_text()
+    assert f"<id>{ids[3]}</id>" not in status and status.count("<id>") == 7
