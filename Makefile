@@ -8,14 +8,18 @@ VENV        ?= .venv
 CACHE       ?= $(HOME)/.cache/aktin-broker-sftp
 BROKER_VERSION = 1.5.1
 BROKER_LIB  ?= $(CACHE)/broker-$(BROKER_VERSION)/lib
+# The TCP latency and fault proxy in front of sshd, built by Go from the Go module proxy (Go 1.23 or newer).
+TOXIPROXY_VERSION = v2.12.0
+TOXIPROXY   = $(CACHE)/toxiproxy-$(TOXIPROXY_VERSION)/server
+GO          ?= $(shell command -v go || echo /usr/local/go/bin/go)
 # The demo needs an sshd and the tools the test peers use; the suite also builds and boots the package.
 DEMO_PACKAGES = openssh-server openssh-client openssl python3-venv util-linux
 APT_PACKAGES = $(DEMO_PACKAGES) dpkg-dev debhelper dh-python python3-all pybuild-plugin-pyproject python3-setuptools \
 	python3-wheel lintian debootstrap systemd-container
 
-.PHONY: test demo demo-deps bench deb lint unit deps broker-jars broker-recording clean
+.PHONY: test demo demo-deps bench deb lint unit deps broker-jars broker-recording toxiproxy clean
 
-test: deps $(VENV)/.ready broker-jars lint
+test: deps $(VENV)/.ready broker-jars toxiproxy lint
 	$(VENV)/bin/pytest -ra tests
 
 lint: $(VENV)/.ready
@@ -32,7 +36,7 @@ demo-deps:
 	sh tests/install-packages.sh $(DEMO_PACKAGES)
 
 # Prints the performance table; BENCH_ARGS=--full for the full sizes (1 GiB bundles).
-bench: deps $(VENV)/.ready broker-jars
+bench: deps $(VENV)/.ready broker-jars toxiproxy
 	sh tests/install-packages.sh nginx
 	$(VENV)/bin/python -m tests.bench $(BENCH_ARGS)
 
@@ -44,6 +48,13 @@ deb: deps
 
 deps:
 	sh tests/install-packages.sh $(APT_PACKAGES)
+
+toxiproxy: $(TOXIPROXY)
+
+$(TOXIPROXY):
+	@test -x "$(GO)" || { echo "ERROR: Toxiproxy $(TOXIPROXY_VERSION) is built with Go 1.23 or newer; none found (set GO=/path/to/go)"; exit 1; }
+	mkdir -p $(dir $@)
+	GOBIN=$(dir $@) GOFLAGS=-modcacherw $(GO) install github.com/Shopify/toxiproxy/v2/cmd/server@$(TOXIPROXY_VERSION)
 
 $(VENV)/.ready: requirements.txt requirements-dev.txt setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)

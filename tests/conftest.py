@@ -15,6 +15,7 @@ from cryptography.fernet import Fernet
 from tests.peers import broker as broker_peer
 from tests.peers.client import write_config, write_key
 from tests.peers.sshd import SshServer
+from tests.peers.toxiproxy import Toxiproxy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,6 +41,13 @@ def ssh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
     if os.geteuid() != 0 or not Path("/usr/sbin/sshd").exists():
         pytest.skip("the SFTP tests need root and OpenSSH's sshd ('make test' installs it)")
     server = SshServer(tmp_path_factory.mktemp("sshd"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def toxiproxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Toxiproxy]:
+    server = Toxiproxy(tmp_path_factory.mktemp("toxiproxy"))
     yield server
     server.stop()
 

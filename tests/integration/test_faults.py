@@ -13,8 +13,9 @@ import pytest
 from tests.conftest import ROOT, Setup
 from tests.peers.broker import ADMIN_KEY, BrokerServer
 from tests.peers.certificate import self_signed
-from tests.peers.faults import BrokerProxy, CuttingTcpProxy, Rule
+from tests.peers.faults import BrokerProxy, Rule
 from tests.peers.sshd import PASSWORD, UID, SshServer
+from tests.peers.toxiproxy import Toxiproxy
 
 NS = 'xmlns="http://aktin.org/ns/exchange"'
 HOSTILE_ID = f'<request-list {NS}><request id="1 or 1=1"/></request-list>'.encode()
@@ -160,18 +161,26 @@ def test_broken_or_oversized_download(setup: Setup, broker_server: BrokerServer,
     assert setup.remote_files() == expected_files([request_id])
 
 
-def test_connection_cut_mid_upload(setup: Setup, broker_server: BrokerServer, ssh_server: SshServer) -> None:
+def through(setup: Setup, ssh_server: SshServer, port: int) -> Path:
+    """A config that reaches sshd through a proxy listening on `port`."""
+    known_hosts = setup.config.parent / "proxied_known_hosts"
+    known_hosts.write_text(ssh_server.known_hosts.read_text().replace(f"]:{ssh_server.port} ", f"]:{port} "))
+    config = setup.variant(f"port = {ssh_server.port}", f"port = {port}")
+    config.write_text(config.read_text().replace(str(ssh_server.known_hosts), str(known_hosts)))
+    return config
+
+
+def test_connection_cut_mid_upload(
+    setup: Setup, broker_server: BrokerServer, ssh_server: SshServer, toxiproxy: Toxiproxy
+) -> None:
     request_id = broker_server.create_request([setup.tag])
     broker_server.nodes["Bergklinik"].submit(request_id, os.urandom(4 << 20), "application/octet-stream")
-    cutter = CuttingTcpProxy(ssh_server.port, cut_after=1 << 20)
+    port = toxiproxy.proxy(setup.tag, ssh_server.port)
+    toxiproxy.toxic(setup.tag, "limit_data", "upstream", bytes=1 << 20)
     try:
-        known_hosts = setup.config.parent / "cut_known_hosts"
-        known_hosts.write_text(ssh_server.known_hosts.read_text().replace(f"]:{ssh_server.port} ", f"]:{cutter.port} "))
-        config = setup.variant(f"port = {ssh_server.port}", f"port = {cutter.port}")
-        config.write_text(config.read_text().replace(str(ssh_server.known_hosts), str(known_hosts)))
-        failed = setup.run("run", config=config)
+        failed = setup.run("run", config=through(setup, ssh_server, port))
     finally:
-        cutter.stop()
+        toxiproxy.remove(setup.tag)
     assert failed.returncode == 69, failed.stderr
     assert "the SFTP connection was lost" in one_error_line(failed.stderr)
     assert [name for name in setup.remote_files() if not name.startswith(".")] == []

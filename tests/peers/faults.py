@@ -1,17 +1,15 @@
-"""Fault injection in front of the real peers: an HTTP proxy before the broker and a TCP proxy
-before sshd. Everything they do not break is answered by the real server behind them."""
+"""Fault injection in front of the real broker: an HTTP proxy that answers or cuts chosen calls.
+Everything it does not break is answered by the broker behind it. (Before sshd, Toxiproxy does
+the same for TCP: tests/peers/toxiproxy.py.)"""
 
 from __future__ import annotations
 
 import http.client
 import re
-import socket
-import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from socketserver import BaseRequestHandler, ThreadingTCPServer
 
 from tests.peers.http_server import LocalHttpServer
 
@@ -103,45 +101,3 @@ class BrokerProxy:
 
     def stop(self) -> None:
         self.http.stop()
-
-
-class CuttingTcpProxy:
-    """Forwards TCP to `port`; after `cut_after` bytes from the client it drops the connection."""
-
-    def __init__(self, port: int, cut_after: int) -> None:
-        class Handler(BaseRequestHandler):
-            def handle(self) -> None:
-                upstream = socket.create_connection(("127.0.0.1", port))
-                client: socket.socket = self.request
-                budget = [cut_after]
-
-                def pump(source: socket.socket, target: socket.socket, counted: bool) -> None:
-                    try:
-                        while data := source.recv(65536):
-                            if counted:
-                                budget[0] -= len(data)
-                                if budget[0] < 0:
-                                    break
-                            target.sendall(data)
-                    except OSError:
-                        pass
-                    for end in (source, target):
-                        try:
-                            end.shutdown(socket.SHUT_RDWR)
-                        except OSError:
-                            pass
-
-                back = threading.Thread(target=pump, args=(upstream, client, False), daemon=True)
-                back.start()
-                pump(client, upstream, True)
-                back.join(5)
-                upstream.close()
-
-        self.server = ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
