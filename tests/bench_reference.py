@@ -4,6 +4,7 @@ bundle held in memory twice, plain and encrypted.
 
     python -m tests.bench_reference delivery CONFIG REQUEST_ID
     python -m tests.bench_reference unchanged CONFIG
+    python -m tests.bench_reference first CONFIG     (every tagged request, over one SFTP login)
 """
 
 from __future__ import annotations
@@ -51,6 +52,28 @@ def delivery(settings: Config, request_id: int) -> None:
     local.unlink()
 
 
+def first(settings: Config) -> None:
+    """The first delivery of every tagged request, one after another as upstream does it:
+    listing, then per request its status, export, download, encryption and `put` (open, writes,
+    close, stat), all over one SFTP login."""
+    url = settings.broker.url
+    listing = requests.get(
+        f"{url}/broker/request/filtered",
+        params={"type": REQUEST_TYPE, "predicate": tag_predicate(settings.broker.tag)}, headers=headers(settings),
+    )
+    sftp = sftp_client(settings)
+    fernet = Fernet(Path(settings.key_file).read_bytes().strip())
+    for element in ET.fromstring(listing.content).iter(f"{NS}request"):
+        request_id = element.get("id")
+        requests.get(f"{url}/broker/request/{request_id}/status", headers=headers(settings))
+        token = requests.post(f"{url}/broker/export/request-bundle/{request_id}", headers=headers(settings, "text/plain")).text
+        bundle = requests.get(f"{url}/broker/download/{token}", headers=headers(settings)).content
+        local = settings.state_dir / f"export_{request_id}.zip"
+        local.write_bytes(fernet.encrypt(bundle))
+        sftp.put(str(local), f"{settings.sftp.folder}/export_{request_id}.zip")
+        local.unlink()
+
+
 def unchanged(settings: Config) -> None:
     url = settings.broker.url
     requests.head(f"{url}/broker/status", verify=verify(settings))
@@ -76,5 +99,7 @@ if __name__ == "__main__":
     loaded = config_module.load(Path(sys.argv[2]))
     if sys.argv[1] == "delivery":
         delivery(loaded, int(sys.argv[3]))
+    elif sys.argv[1] == "first":
+        first(loaded)
     else:
         unchanged(loaded)
