@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import xml.etree.ElementTree as ET
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -124,6 +125,10 @@ class Broker:
         self.base = config.url
         self.headers = {"Authorization": f"Bearer {config.api_key.reveal()}"}
         self.sessions = Sessions(config.url, config.timeout, config.ca_bundle)
+        # One export and its download at a time, however many uploads run: broker 1.5.1 walks
+        # its table of downloads (a Hashtable) on every download while an export adds to it, and
+        # answers HTTP 500 when the two meet. Exports are quick; the uploads are what take long.
+        self.exporting = threading.Lock()
 
     def close(self) -> None:
         self.sessions.close()
@@ -176,6 +181,10 @@ class Broker:
 
     def export(self, request_id: int, target: Path) -> int:
         """Has the broker build the request's bundle and streams it into `target`."""
+        with self.exporting:
+            return self._export(request_id, target)
+
+    def _export(self, request_id: int, target: Path) -> int:
         what = f"the export of request {request_id}"
         answer = self._call(
             "POST", f"/broker/export/request-bundle/{request_id}", what, accept="text/plain", per_request=True

@@ -339,8 +339,10 @@ class _Reader:
             folder=folder.rstrip("/") or "/",
             timeout=self.number("sftp", "timeout", 30, 1, 3600),
             # Deliveries at once, each on an SFTP channel of its own: over a WAN a file waits
-            # several round trips, which others fill. 8 stays below OpenSSH's MaxSessions (10).
-            parallel=int(self.number("sftp", "parallel", 8, 1, 32)),
+            # three round trips, which the others fill. 16 keep a 100 Mbit/s link with 50 ms
+            # round trips busy (BENCHMARKS.md); beyond OpenSSH's MaxSessions (10) a second login
+            # serves the rest.
+            parallel=int(self.number("sftp", "parallel", 16, 1, 32)),
         )
 
 

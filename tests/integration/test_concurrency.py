@@ -5,16 +5,19 @@ from a second login. The crash and fault suites run with the default of 8 as wel
 from __future__ import annotations
 
 import re
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Setup
-from tests.integration.test_faults import expected_files
+from tests.integration.test_faults import expected_files, through
 from tests.peers.broker import BrokerServer
 from tests.peers.faults import BrokerProxy, Rule
 from tests.peers.sshd import SshServer
+from tests.peers.toxiproxy import Toxiproxy
 
 
 @pytest.fixture
@@ -32,18 +35,30 @@ def logins(ssh_server: SshServer) -> int:
     return (ssh_server.directory / "sshd.log").read_text().count("Accepted password for")
 
 
-def test_exports_overlap_up_to_the_configured_number(setup: Setup, broker_server: BrokerServer, proxy: BrokerProxy) -> None:
-    ids = [broker_server.create_request([setup.tag]) for _ in range(6)]
-    config = with_parallel(setup, 3)
-    config.write_text(config.read_text().replace(broker_server.url, proxy.url))
-    # Each export waits a second before the broker sees it; delivered one after another, a
-    # download would follow each export.
-    proxy.rules.append(Rule("POST", r"/broker/export/request-bundle/", delay=1.0))
-    done = setup.run("run", config=config)
-    assert done.returncode == 0, done.stderr
-    calls = [call for call in proxy.seen if "/export/" in call or "/download/" in call]
-    assert [call.split()[0] for call in calls[:3]] == ["POST"] * 3, calls
-    assert "GET" in calls[3], calls
+def test_exports_go_on_while_uploads_wait_and_never_two_at_once(
+    setup: Setup, broker_server: BrokerServer, ssh_server: SshServer, proxy: BrokerProxy, toxiproxy: Toxiproxy
+) -> None:
+    ids = [broker_server.create_request([setup.tag]) for _ in range(4)]
+    port = toxiproxy.proxy(setup.tag, ssh_server.port)
+    # Round trips of 600 ms: an upload (three of them) takes far longer than an export.
+    for stream in ("upstream", "downstream"):
+        toxiproxy.toxic(setup.tag, "latency", stream, latency=300)
+    config = through(setup, ssh_server, port)
+    config.write_text(config.read_text().replace(broker_server.url, proxy.url).replace("[sftp]\n", "[sftp]\nparallel = 4\n"))
+    try:
+        running = subprocess.Popen([*setup.command(config), "run"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        while not any(name.startswith("export_") for name in setup.remote_files()) and running.poll() is None:
+            time.sleep(0.02)
+        exported_by_then = [call for call in list(proxy.seen) if call.startswith("POST /broker/export/")]
+        _, stderr = running.communicate(timeout=120)
+    finally:
+        toxiproxy.remove(setup.tag)
+    assert running.returncode == 0, stderr
+    # Delivered one after another, the first file would be in place after the first export.
+    assert len(exported_by_then) == 4, proxy.seen
+    # Broker 1.5.1 fails a download that meets an export (a Hashtable walked while it grows).
+    calls = [call.split()[0] for call in proxy.seen if "/export/" in call or "/download/" in call]
+    assert calls == ["POST", "GET"] * 4, proxy.seen
     assert setup.remote_files() == expected_files(ids)
 
 
@@ -54,7 +69,8 @@ def test_many_at_once_are_each_recorded_once_and_a_second_login_serves_beyond_ma
     for request_id in ids:
         broker_server.nodes["Bergklinik"].submit(request_id, f"result {request_id}".encode())
     before = logins(ssh_server)
-    # OpenSSH allows 10 sessions per connection: 14 channels need a second login.
+    # OpenSSH allows 10 sessions per connection: 14 channels need a second login (the default
+    # of 16 would too; 14 shows that the count, not the default, decides).
     done = setup.run("run", config=with_parallel(setup, 14))
     assert done.returncode == 0, done.stderr
     assert logins(ssh_server) - before == 2
