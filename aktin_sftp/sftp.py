@@ -174,27 +174,26 @@ class Remote:
         # Without TCP_NODELAY, small SFTP requests wait for delayed ACKs.
         transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[union-attr]
 
-    def more_channels(self, count: int) -> list[Remote]:
-        """`count` further channels, opened at the same time (one round trip for all) on this
-        login. Those the server refuses (OpenSSH allows MaxSessions, 10 by default, per
-        connection) come from a further login."""
+    def more_channels(self, count: int, ready: Callable[[Remote], None]) -> None:
+        """Opens `count` further channels and hands each to `ready` as soon as it is open: those
+        on this login all at once (one round trip), then those the server refused (OpenSSH
+        allows MaxSessions, 10 by default, per connection) on a further login."""
         if count < 1:
-            return []
+            return
         with ThreadPoolExecutor(count) as pool:
             tries = list(pool.map(lambda _: self._channel_or_refusal(), range(count)))
-        opened = [channel for channel in tries if channel is not None]
-        refused = count - len(opened)
+        refused = 0
+        for channel in tries:
+            if channel is None:
+                refused += 1
+            else:
+                ready(channel)
         if refused:
             log.debug("the SFTP server refused %d more channels on one login; logging in once more", refused)
-            try:
-                extra = Remote(self.config)
-            except SyncError:
-                for channel in opened:
-                    channel.close()
-                raise
+            extra = Remote(self.config)
             self.logins.append(extra)
-            opened += [extra, *extra.more_channels(refused - 1)]
-        return opened
+            ready(extra)
+            extra.more_channels(refused - 1, ready)
 
     def _channel_or_refusal(self) -> Remote | None:
         try:

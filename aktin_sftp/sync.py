@@ -177,9 +177,15 @@ class _Delivery:
         if workers == 0:
             return
         channels: queue.SimpleQueue[Remote] = queue.SimpleQueue()
-        for channel in [self.remote, *self.remote.more_channels(workers - 1)]:
-            channels.put(channel)
+        channels.put(self.remote)
         stop = threading.Event()
+
+        def open_more() -> None:
+            # The first deliveries start on the channel at hand while the others open.
+            try:
+                self.remote.more_channels(workers - 1, channels.put)
+            except SyncError as exc:
+                log.warning("delivering over fewer SFTP channels than [sftp] parallel = %d: %s", self.parallel, exc)
 
         def one(request_id: int, reason: Reason) -> None:
             if stop.is_set():
@@ -193,7 +199,8 @@ class _Delivery:
             finally:
                 channels.put(channel)
 
-        with ThreadPoolExecutor(workers) as pool:
+        with ThreadPoolExecutor(workers + 1) as pool:
+            pool.submit(open_more)
             done = [pool.submit(one, request_id, reason) for request_id, reason in due]
         for future in done:
             failure = future.exception()

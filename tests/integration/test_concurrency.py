@@ -45,17 +45,28 @@ def test_exports_go_on_while_uploads_wait_and_never_two_at_once(
         toxiproxy.toxic(setup.tag, "latency", stream, latency=300)
     config = through(setup, ssh_server, port)
     config.write_text(config.read_text().replace(broker_server.url, proxy.url).replace("[sftp]\n", "[sftp]\nparallel = 4\n"))
+    appeared: dict[int, float] = {}
     try:
         running = subprocess.Popen([*setup.command(config), "run"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        while not any(name.startswith("export_") for name in setup.remote_files()) and running.poll() is None:
+        while running.poll() is None:
+            for name in setup.remote_files():
+                if name.startswith("export_"):
+                    appeared.setdefault(int(name[len("export_"):-len(".zip")]), time.monotonic())
             time.sleep(0.02)
-        exported_by_then = [call for call in list(proxy.seen) if call.startswith("POST /broker/export/")]
         _, stderr = running.communicate(timeout=120)
     finally:
         toxiproxy.remove(setup.tag)
     assert running.returncode == 0, stderr
-    # Delivered one after another, the first file would be in place after the first export.
-    assert len(exported_by_then) == 4, proxy.seen
+    exported = {
+        int(call.rsplit("/", 1)[1]): when
+        for call, when in zip(proxy.seen, proxy.arrived, strict=True) if call.startswith("POST /broker/export/")
+    }
+    # Delivered one after another, no export would fall between another request's export and
+    # the moment its file is in place (checked: with parallel = 1 this fails).
+    overlapping = [
+        (i, j) for i in exported for j in exported if i != j and exported[i] < exported[j] < appeared.get(i, 0)
+    ]
+    assert overlapping, (exported, appeared)
     # Broker 1.5.1 fails a download that meets an export (a Hashtable walked while it grows).
     calls = [call.split()[0] for call in proxy.seen if "/export/" in call or "/download/" in call]
     assert calls == ["POST", "GET"] * 4, proxy.seen

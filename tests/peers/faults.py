@@ -44,6 +44,8 @@ class BrokerProxy:
     def __init__(self, broker_port: int, tls: tuple[Path, Path] | None = None) -> None:
         self.rules: list[Rule] = []
         self.seen: list[str] = []
+        # When each call arrived (time.monotonic()), in the order of `seen`.
+        self.arrived: list[float] = []
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -55,6 +57,7 @@ class BrokerProxy:
             def handle_any(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                proxy.arrived.append(time.monotonic())
                 proxy.seen.append(f"{self.command} {self.path}")
                 rule = next((r for r in proxy.rules if r.take(self.command, self.path)), None)
                 if rule and rule.delay:
