@@ -200,8 +200,8 @@ class _Delivery:
                 channels.put(channel)
 
         with ThreadPoolExecutor(workers + 1) as pool:
-            pool.submit(open_more)
-            done = [pool.submit(one, request_id, reason) for request_id, reason in due]
+            done = [pool.submit(open_more)]
+            done += [pool.submit(one, request_id, reason) for request_id, reason in due]
         for future in done:
             failure = future.exception()
             if failure is not None:
