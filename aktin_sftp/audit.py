@@ -14,11 +14,10 @@ from aktin_sftp import crypto
 from aktin_sftp.config import Config
 from aktin_sftp.errors import SyncError
 from aktin_sftp.files import Hashing, open_private
-from aktin_sftp.lock import exclusive
 from aktin_sftp.maintenance import queue_redelivery
 from aktin_sftp.sftp import PARTIAL, Remote
-from aktin_sftp.state import Entry, StatusFile
-from aktin_sftp.sync import STATUS_NAME, WORK_PREFIX, lock_path, prepare, result_name
+from aktin_sftp.state import Entry
+from aktin_sftp.sync import STATUS_NAME, WORK_PREFIX, locked_state, result_name
 
 
 @dataclass
@@ -90,10 +89,9 @@ def check_content(remote: Remote, entry: Entry, key: bytes, work: Path) -> str |
 
 
 def verify(config: Config, deep: bool, repair: bool, show: Callable[[str], None] = print) -> None:
-    prepare(config.state_dir)
     key = crypto.load_key(config.key_file)
-    with exclusive(lock_path(config.state_dir)):
-        entries = StatusFile(config.state_dir / STATUS_NAME).load()
+    with locked_state(config.state_dir) as store:
+        entries = store.load()
         with Remote(config.sftp) as remote:
             listing = remote.listing()
             drift = compare(entries, listing)

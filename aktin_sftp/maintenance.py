@@ -7,9 +7,8 @@ import logging
 from pathlib import Path
 
 from aktin_sftp.errors import ConfigError, SyncError
-from aktin_sftp.lock import exclusive
-from aktin_sftp.state import Damaged, StatusFile, now, parse
-from aktin_sftp.sync import STATUS_NAME, lock_path, prepare, shown_ids
+from aktin_sftp.state import Damaged, now, parse
+from aktin_sftp.sync import locked_state, shown_ids
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +25,7 @@ def import_status(state_dir: Path, source: Path) -> None:
         raise ConfigError(f"{source}: not readable by this user") from None
     except Damaged as exc:
         raise SyncError(f"{exc.problem}; nothing was imported") from None
-    prepare(state_dir)
-    with exclusive(lock_path(state_dir)):
-        store = StatusFile(state_dir / STATUS_NAME)
+    with locked_state(state_dir) as store:
         existing = store.load()
         if existing:
             raise SyncError(
@@ -45,9 +42,7 @@ def import_status(state_dir: Path, source: Path) -> None:
 
 def queue_redelivery(state_dir: Path, ids: list[int] | None) -> list[int]:
     """Marks delivered requests (all of them for None) so that the next run delivers them again."""
-    prepare(state_dir)
-    with exclusive(lock_path(state_dir)):
-        store = StatusFile(state_dir / STATUS_NAME)
+    with locked_state(state_dir) as store:
         entries = store.load()
         delivered = {i for i, entry in entries.items() if entry.deleted is None}
         chosen = sorted(delivered if ids is None else set(ids))

@@ -55,9 +55,7 @@ def run(config: Config, dry_run: bool = False, show: Callable[[str], None] = pri
             observed, unreadable = observe(broker, config.broker.tag)
         _show_plan(make_plan(observed.values(), entries, config.max_delete, target, unreadable), unreadable, show)
         return Outcome()
-    prepare(config.state_dir)
-    with exclusive(lock_path(config.state_dir)):
-        store = StatusFile(config.state_dir / STATUS_NAME)
+    with locked_state(config.state_dir) as store:
         entries = store.load()
         with Broker(config.broker) as broker, _connecting(config.sftp) as connected:
             observed, unreadable = observe(broker, config.broker.tag)
@@ -333,6 +331,14 @@ def _unwritable(state_dir: Path, problem: str) -> ConfigError:
 
 def lock_path(state_dir: Path) -> Path:
     return state_dir / "lock"
+
+
+@contextmanager
+def locked_state(state_dir: Path) -> Iterator[StatusFile]:
+    """The state, for a command that reads and changes it while no run (or other command) does."""
+    prepare(state_dir)
+    with exclusive(lock_path(state_dir)):
+        yield StatusFile(state_dir / STATUS_NAME)
 
 
 def _drop_leftovers(state_dir: Path) -> None:

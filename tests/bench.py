@@ -80,10 +80,7 @@ class Bench:
         folder = self.sshd.folder(name)
         config = write_config(directory / "sftp.toml", self.broker.url, self.sshd, folder, tag, key_file, directory / "state")
         if port is not None:
-            known_hosts = directory / "known_hosts"
-            known_hosts.write_text(self.sshd.known_hosts.read_text().replace(f"]:{self.sshd.port} ", f"]:{port} "))
-            text = config.read_text().replace(f"port = {self.sshd.port}", f"port = {port}")
-            config.write_text(text.replace(str(self.sshd.known_hosts), str(known_hosts)))
+            self.sshd.via_proxy(config, port)
         return config
 
     def memory(self, sizes: list[int]) -> list[Row]:

@@ -4,6 +4,7 @@ that should stay, and the next run after the fault converges."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -163,10 +164,8 @@ def test_broken_or_oversized_download(setup: Setup, broker_server: BrokerServer,
 
 def through(setup: Setup, ssh_server: SshServer, port: int) -> Path:
     """A config that reaches sshd through a proxy listening on `port`."""
-    known_hosts = setup.config.parent / "proxied_known_hosts"
-    known_hosts.write_text(ssh_server.known_hosts.read_text().replace(f"]:{ssh_server.port} ", f"]:{port} "))
-    config = setup.variant(f"port = {ssh_server.port}", f"port = {port}")
-    config.write_text(config.read_text().replace(str(ssh_server.known_hosts), str(known_hosts)))
+    config = Path(shutil.copy(setup.config, setup.config.with_name("proxied.toml")))
+    ssh_server.via_proxy(config, port)
     return config
 
 

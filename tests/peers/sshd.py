@@ -106,6 +106,14 @@ class SshServer:
         os.chown(path, UID, UID)
         return path
 
+    def via_proxy(self, config: Path, port: int) -> None:
+        """Rewrites a config written for this sshd (tests/peers/client.py) to reach it through a
+        proxy listening on `port`, with a known_hosts file next to it that names that port."""
+        known_hosts = config.with_name(f"{config.stem}_known_hosts")
+        known_hosts.write_text(self.known_hosts.read_text().replace(f"]:{self.port} ", f"]:{port} "))
+        text = config.read_text().replace(f"port = {self.port}", f"port = {port}")
+        config.write_text(text.replace(str(self.known_hosts), str(known_hosts)))
+
     @staticmethod
     def remote(local: Path) -> str:
         """The path the SFTP user sees for a folder made by `folder`."""
