@@ -45,6 +45,9 @@ class Plan:
     unchanged: tuple[int, ...]
     # Removals that the max_delete guard held back; the run must fail if there are any.
     held_back: tuple[int, ...] = ()
+    # Gone requests whose file is at an earlier destination: their removal is only recorded,
+    # since the current destination never received their file.
+    forget: tuple[int, ...] = ()
 
 
 def fingerprint(statuses: Iterable[NodeStatus]) -> str:
@@ -99,4 +102,11 @@ def make_plan(
     gone = tuple(sorted(i for i, entry in known.items() if entry.deleted is None and i not in listed))
     if len(gone) > max_delete:
         return Plan(tuple(deliver), (), tuple(unchanged), held_back=gone)
-    return Plan(tuple(deliver), gone, tuple(unchanged))
+    here = tuple(i for i in gone if delivered_here(known[i], target))
+    return Plan(tuple(deliver), here, tuple(unchanged), forget=tuple(i for i in gone if i not in here))
+
+
+def delivered_here(entry: Entry, target: Target) -> bool:
+    """Whether the entry's file is at the current destination. An entry without a recorded copy
+    (taken over from upstream) was delivered by the uploader this config replaced, to its folder."""
+    return entry.copy is None or entry.copy.destination == target.destination

@@ -62,7 +62,7 @@ def run(config: Config, dry_run: bool = False, show: Callable[[str], None] = pri
             plan = make_plan(observed.values(), entries, config.max_delete, target, unreadable)
             log.info(
                 "plan: %d to deliver, %d to remove, %d unchanged",
-                len(plan.deliver), len(plan.remove), len(plan.unchanged),
+                len(plan.deliver), len(plan.remove) + len(plan.forget), len(plan.unchanged),
             )
             _announce_moves(plan, entries, target)
             remote = connected()
@@ -71,7 +71,7 @@ def run(config: Config, dry_run: bool = False, show: Callable[[str], None] = pri
             delivery = _Delivery(broker, remote, store, entries, key, target, config.state_dir, config.sftp.parallel)
             delivery.outcome.failed.extend(f"{failure}; request {i} is left as it is" for i, failure in unreadable.items())
             delivery.deliver_all(plan.deliver, observed)
-            delivery.remove_all(plan.remove, config.broker.tag)
+            delivery.remove_all(plan.remove, plan.forget, config.broker.tag)
             delivery.publish_status()
     return _finish(delivery.outcome, plan, config.max_delete)
 
@@ -226,24 +226,32 @@ class _Delivery:
         self._log_delivery(channel, request, reason, copy.size, time.monotonic() - started)
         checkpoint("delivered")
 
-    def remove_all(self, gone: tuple[int, ...], tag: str) -> None:
-        for request_id in gone:
+    def remove_all(self, gone: tuple[int, ...], elsewhere: tuple[int, ...], tag: str) -> None:
+        """Removes the files of requests gone from the broker; for those delivered to an earlier
+        destination (`elsewhere`) only the removal is recorded: this destination never had
+        their file, and whatever is there under that name is somebody else's."""
+        for request_id in sorted((*gone, *elsewhere)):
+            entry = self.entries[request_id]
             path = self.remote.path(result_name(request_id))
             why = self.broker.why_unlisted(request_id, tag)
             if why is None:
                 log.warning(
                     "request %d is missing from the broker's tagged listing but still exists with the tag "
-                    "(its definition may not parse on the broker); %s is kept", request_id, path,
+                    "(its definition may not parse on the broker); its file is kept", request_id,
                     extra={"REQUEST_ID": request_id, "REMOTE_PATH": path},
                 )
                 continue
-            existed = self.remote.remove(result_name(request_id))
-            self.entries[request_id].removed(now())
+            if request_id in elsewhere:
+                assert entry.copy is not None
+                path = f"{entry.copy.destination}/{result_name(request_id)}"
+                note = "; its file at that earlier destination is left as it is, nothing was removed"
+            else:
+                note = "" if self.remote.remove(result_name(request_id)) else "; the file was already absent"
+            entry.removed(now())
             self.store.save(self.entries)
             self.outcome.removed.append(request_id)
             log.info(
-                "removed request %d: %s (%s%s)",
-                request_id, path, why, "" if existed else "; the file was already absent",
+                "removed request %d: %s (%s%s)", request_id, path, why, note,
                 extra={"MESSAGE_ID": events.REMOVED, "REQUEST_ID": request_id, "REMOTE_PATH": path},
             )
 
@@ -295,6 +303,8 @@ def _show_plan(plan: Plan, unreadable: dict[int, RequestFailed], show: Callable[
         show(f"would deliver request {request_id} ({reason.value}) as {result_name(request_id)}")
     for request_id in plan.remove:
         show(f"would remove request {request_id}: {result_name(request_id)}")
+    for request_id in plan.forget:
+        show(f"would record request {request_id} as removed; its file at an earlier destination is left as it is")
     if plan.held_back:
         show(f"would refuse to remove {len(plan.held_back)} requests ({shown_ids(plan.held_back)}): more than max_delete")
     show(f"{len(plan.unchanged)} unchanged; dry run, nothing was changed")

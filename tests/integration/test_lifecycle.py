@@ -82,6 +82,26 @@ def test_a_new_folder_gets_every_delivered_file_and_the_old_one_is_left_alone(
     assert setup.run("verify", config=config).returncode == 0
 
 
+def test_a_request_gone_after_a_move_is_removed_nowhere_and_a_same_named_file_in_the_new_folder_stays(
+    setup: Setup, broker_server: BrokerServer, ssh_server: SshServer
+) -> None:
+    kept, gone = (broker_server.create_request([setup.tag]) for _ in range(2))
+    assert setup.run("run").returncode == 0
+    moved = ssh_server.folder(setup.tag + "-moved")
+    theirs = moved / f"export_{gone}.zip"
+    theirs.write_bytes(b"the recipient's own file")
+    broker_server.set_tags(gone, ["another-tag"])
+    config = setup.variant(f'folder = "{setup.remote_folder}"', f'folder = "{SshServer.remote(moved)}"')
+    done = setup.run("run", config=config)
+    assert done.returncode == 0, done.stderr
+    assert theirs.read_bytes() == b"the recipient's own file"
+    assert f"export_{gone}.zip" in setup.remote_files()
+    assert "its file at that earlier destination is left as it is" in done.stderr
+    assert sorted(p.name for p in moved.iterdir()) == sorted([f"export_{kept}.zip", f"export_{gone}.zip", "status.xml"])
+    assert status_entries((setup.state_dir / "status.xml").read_bytes())[gone]["deleted"]
+    assert "run finished: 0 delivered, 0 removed, 1 unchanged" in setup.run("run", config=config).stderr
+
+
 def test_redeliver_on_request_next_run_or_now(setup: Setup, delivered: list[int]) -> None:
     first, second, third = delivered
     before = {i: (setup.folder / f"export_{i}.zip").read_bytes() for i in delivered}

@@ -36,10 +36,14 @@ KNOWN_CASES: dict[str, tuple[Entry | None, dict[bool, Reason | str | None]]] = {
     ),
     "delivered to another folder": (
         Entry(7, "1.0", fingerprint="fp", copy=copy(destination="aktin@sftp.example.org:22:old")),
-        {True: Reason.MOVED, False: "remove"},
+        {True: Reason.MOVED, False: "forget"},
     ),
-    "delivered elsewhere, results changed since": (
+    "delivered with another key, results changed since": (
         Entry(7, "1.0", fingerprint="old", copy=copy(key_id="key-before")), {True: Reason.CHANGED, False: "remove"}
+    ),
+    "delivered to another folder, results changed since": (
+        Entry(7, "1.0", fingerprint="old", copy=copy(destination="aktin@sftp.example.org:22:old")),
+        {True: Reason.CHANGED, False: "forget"},
     ),
     "re-delivery requested": (
         Entry(7, "1.0", fingerprint="fp", copy=copy(), redeliver="x"), {True: Reason.REQUESTED, False: "remove"}
@@ -59,6 +63,7 @@ def test_every_known_state_against_the_listing(case: str, listed: bool) -> None:
     action = expected[listed]
     assert plan.deliver == (((7, action),) if isinstance(action, Reason) else ())
     assert plan.remove == ((7,) if action == "remove" else ())
+    assert plan.forget == ((7,) if action == "forget" else ())
     assert plan.unchanged == ((7,) if action == "unchanged" else ())
     assert plan.held_back == ()
 
@@ -67,7 +72,7 @@ def test_every_known_state_against_the_listing(case: str, listed: bool) -> None:
 def test_a_listed_request_whose_status_failed_is_neither_delivered_nor_removed(case: str) -> None:
     entry, _ = KNOWN_CASES[case]
     plan = make_plan([], {7: entry} if entry else {}, max_delete=5, target=HERE, unobserved=[7])
-    assert (plan.deliver, plan.remove, plan.unchanged, plan.held_back) == ((), (), (), ())
+    assert (plan.deliver, plan.remove, plan.forget, plan.unchanged, plan.held_back) == ((), (), (), (), ())
 
 
 def test_many_requests_are_sorted_and_each_gets_its_own_decision() -> None:
