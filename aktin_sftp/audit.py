@@ -13,8 +13,9 @@ from pathlib import Path
 from aktin_sftp import crypto
 from aktin_sftp.config import Config
 from aktin_sftp.errors import SyncError
+from aktin_sftp.faults import checkpoint
 from aktin_sftp.files import Hashing, open_private
-from aktin_sftp.maintenance import queue_redelivery
+from aktin_sftp.maintenance import mark_for_redelivery
 from aktin_sftp.sftp import PARTIAL, Remote
 from aktin_sftp.state import Entry
 from aktin_sftp.sync import STATUS_NAME, WORK_PREFIX, locked_state, result_name
@@ -90,6 +91,7 @@ def check_content(remote: Remote, entry: Entry, key: bytes, work: Path) -> str |
 
 def verify(config: Config, deep: bool, repair: bool, show: Callable[[str], None] = print) -> None:
     key = crypto.load_key(config.key_file)
+    # One lock for comparing and queueing: a run in between would change what was compared.
     with locked_state(config.state_dir) as store:
         entries = store.load()
         with Remote(config.sftp) as remote:
@@ -104,18 +106,17 @@ def verify(config: Config, deep: bool, repair: bool, show: Callable[[str], None]
                     if problem:
                         drift.damaged.append((entry.id, problem))
             lines = drift.lines(remote.path)
-    for line in lines:
-        show(line)
+        for line in lines:
+            show(line)
+        checkpoint("verify:compared")
+        if repair and drift.redeliverable():
+            mark_for_redelivery(store, drift.redeliverable())
     delivered = sum(1 for entry in entries.values() if entry.deleted is None)
     if not lines:
         what = "size, SHA-256 and token" if deep else "presence and size"
         show(f"verify: the folder matches the state ({delivered} delivered files; {what} checked)")
         return
-    if repair and drift.redeliverable():
-        # Released above, so that queueing takes the lock itself.
-        queue_redelivery(config.state_dir, drift.redeliverable())
     summary = f"verify: {len(lines)} differences between the folder and the state"
     if repair:
         summary += f"; {len(drift.redeliverable())} requests queued for re-delivery, unknown files left as they are"
     raise SyncError(summary)
-

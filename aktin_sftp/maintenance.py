@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from aktin_sftp.errors import ConfigError, SyncError
-from aktin_sftp.state import Damaged, now, parse
+from aktin_sftp.state import Damaged, StatusFile, now, parse
 from aktin_sftp.sync import locked_state, shown_ids
 
 log = logging.getLogger(__name__)
@@ -43,18 +43,23 @@ def import_status(state_dir: Path, source: Path) -> None:
 def queue_redelivery(state_dir: Path, ids: list[int] | None) -> list[int]:
     """Marks delivered requests (all of them for None) so that the next run delivers them again."""
     with locked_state(state_dir) as store:
-        entries = store.load()
-        delivered = {i for i, entry in entries.items() if entry.deleted is None}
-        chosen = sorted(delivered if ids is None else set(ids))
-        unknown = [i for i in chosen if i not in delivered]
-        if unknown:
-            raise SyncError(
-                f"requests {shown_ids(unknown)} are not delivered at the moment (never, or removed since); "
-                "nothing was queued. A run delivers every tagged request by itself"
-            )
-        requested = now()
-        for request_id in chosen:
-            entries[request_id].redeliver = requested
-        store.save(entries)
+        return mark_for_redelivery(store, ids)
+
+
+def mark_for_redelivery(store: StatusFile, ids: list[int] | None) -> list[int]:
+    """`queue_redelivery` for a caller that already holds the run lock."""
+    entries = store.load()
+    delivered = {i for i, entry in entries.items() if entry.deleted is None}
+    chosen = sorted(delivered if ids is None else set(ids))
+    unknown = [i for i in chosen if i not in delivered]
+    if unknown:
+        raise SyncError(
+            f"requests {shown_ids(unknown)} are not delivered at the moment (never, or removed since); "
+            "nothing was queued. A run delivers every tagged request by itself"
+        )
+    requested = now()
+    for request_id in chosen:
+        entries[request_id].redeliver = requested
+    store.save(entries)
     log.info("queued %d requests for re-delivery (ids %s); the next run delivers them", len(chosen), shown_ids(chosen))
     return chosen

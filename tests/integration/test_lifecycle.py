@@ -14,6 +14,7 @@ from tests.conftest import Setup
 from tests.integration.test_delivery import assert_matches_broker, status_entries
 from tests.peers.broker import BrokerServer
 from tests.peers.client import write_key
+from tests.peers.pause import Paused
 from tests.peers.sshd import SshServer
 
 
@@ -164,6 +165,20 @@ def test_verify_reports_drift_and_repair_queues_only_what_a_run_can_put_right(se
     assert (setup.folder / "notes.txt").read_text() == "the recipient's own file"
     for request_id in delivered:
         assert setup.decrypt(f"export_{request_id}.zip")[:2] == b"PK"
+
+
+def test_verify_repair_compares_and_queues_under_one_lock(setup: Setup, delivered: list[int], tmp_path: Path) -> None:
+    gone = delivered[0]
+    (setup.folder / f"export_{gone}.zip").unlink()
+    repairing = Paused([*setup.command(), "verify", "--repair"], "verify:compared", tmp_path)
+    meanwhile = setup.run("run")
+    repairing.release()
+    done = repairing.finish()
+    assert meanwhile.returncode == 75, meanwhile.stderr
+    assert done.returncode == 1 and "1 requests queued for re-delivery" in done.stderr
+    assert "redeliver" in status_entries((setup.state_dir / "status.xml").read_bytes())[gone]
+    assert f"re-delivered request {gone} (re-delivery requested" in setup.run("run").stderr
+    assert f"export_{gone}.zip" in setup.remote_files()
 
 
 def test_a_file_from_before_the_key_change_fails_the_deep_check_until_a_run(
