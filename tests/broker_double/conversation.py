@@ -280,7 +280,9 @@ class Talker:
 def _stamp(match: re.Match[str]) -> str:
     """A timestamp of the last two days is "now" and varies; fixed ones are kept as they are."""
     text = match.group(0)
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    # The fraction (up to nanoseconds from the broker) does not matter within two days, and
+    # Python 3.10's fromisoformat would not read it.
+    moment = datetime.strptime(text[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
     if abs(datetime.now(timezone.utc) - moment) > timedelta(days=2):
         return text
     fraction = match.group(1) or ""
