@@ -5,6 +5,15 @@
 
 PYTHON      ?= /usr/bin/python3
 VENV        ?= .venv
+# The floor run: the unit and integration tests once more, with the oldest supported libraries
+# (constraints-floor.txt) on the oldest supported Python, 3.10 (a pyenv install counts), or on
+# the system's Python where this machine has no 3.10 (the test report then says so).
+FLOOR_VENV  ?= .venv-floor
+FLOOR_PYTHON ?= $(firstword $(foreach p,$(shell command -v python3.10) \
+	$(wildcard $(or $(PYENV_ROOT),$(HOME)/.pyenv)/versions/3.10*/bin/python3.10) $(PYTHON),\
+	$(if $(shell $(p) -c 'print(1)' 2>/dev/null),$(p))))
+# Named after the Python, so that a python3.10 installed later gets a venv of its own.
+FLOOR_READY = $(FLOOR_VENV)/.ready-$(notdir $(FLOOR_PYTHON))
 CACHE       ?= $(HOME)/.cache/aktin-broker-sftp
 BROKER_VERSION = 1.5.1
 BROKER_LIB  ?= $(CACHE)/broker-$(BROKER_VERSION)/lib
@@ -17,10 +26,16 @@ DEMO_PACKAGES = openssh-server openssh-client openssl python3-venv util-linux
 APT_PACKAGES = $(DEMO_PACKAGES) dpkg-dev debhelper dh-python python3-all pybuild-plugin-pyproject python3-setuptools \
 	python3-wheel lintian debootstrap systemd-container
 
-.PHONY: test demo demo-deps bench deb lint unit deps broker-jars broker-recording toxiproxy clean
+.PHONY: test floor demo demo-deps bench deb lint unit deps broker-jars broker-recording toxiproxy clean
 
-test: deps $(VENV)/.ready broker-jars toxiproxy lint
+test: deps $(VENV)/.ready $(FLOOR_READY) broker-jars toxiproxy lint
 	$(VENV)/bin/pytest -ra tests
+	$(MAKE) --no-print-directory floor
+
+# The booted Debian tests are about the package, not the library floor; the heavy tests are left
+# out to keep `make test` short.
+floor: $(FLOOR_READY) broker-jars toxiproxy
+	AKTIN_SFTP_FLOOR=constraints-floor.txt $(FLOOR_VENV)/bin/pytest -ra -m "not heavy" tests/unit tests/integration
 
 lint: $(VENV)/.ready
 	$(VENV)/bin/ruff check aktin_sftp tests
@@ -56,11 +71,19 @@ $(TOXIPROXY):
 	mkdir -p $(dir $@)
 	GOBIN=$(dir $@) GOFLAGS=-modcacherw $(GO) install github.com/Shopify/toxiproxy/v2/cmd/server@$(TOXIPROXY_VERSION)
 
-$(VENV)/.ready: requirements.txt requirements-dev.txt setup.cfg pyproject.toml
+$(VENV)/.ready: requirements.txt requirements-test.txt requirements-dev.txt setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -r requirements-dev.txt
 	$(VENV)/bin/pip install -q --no-deps -e .
+	touch $@
+
+$(FLOOR_READY): constraints-floor.txt requirements.txt requirements-test.txt setup.cfg pyproject.toml
+	rm -rf $(FLOOR_VENV)
+	$(FLOOR_PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/pip install -q --upgrade pip
+	$(FLOOR_VENV)/bin/pip install -q -c constraints-floor.txt -r requirements-test.txt
+	$(FLOOR_VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
 # The real broker's jars, where this machine's Maven repository has them (someone built aktin/broker
@@ -80,4 +103,4 @@ broker-recording: $(VENV)/.ready broker-jars
 	$(VENV)/bin/python -m tests.broker_double.record
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(FLOOR_VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

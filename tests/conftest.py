@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -24,8 +26,36 @@ if os.environ.get("AKTIN_SFTP_HIDE_TOMLLIB"):
     sys.modules["tomllib"] = None  # type: ignore[assignment]
 
 
-def pytest_report_header() -> str:
-    return f"AKTIN Broker: {broker_peer.which()}"
+# Set by `make floor` to the constraints file its venv was built with.
+FLOOR = os.environ.get("AKTIN_SFTP_FLOOR")
+
+
+def libraries() -> str:
+    """The versions of the product's libraries that this run imports."""
+    found = []
+    for requirement in metadata.requires("aktin-broker-sftp") or []:
+        name = re.split(r"[ ;<>=!~\[]", requirement, maxsplit=1)[0]
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:  # tomli, where Python has tomllib and the system no python3-tomli
+            pass
+    return ", ".join(found)
+
+
+def pytest_report_header() -> list[str]:
+    run = f"floor run, the oldest supported libraries ({FLOOR}), " if FLOOR else ""
+    return [
+        f"AKTIN Broker: {broker_peer.which()}",
+        f"{run}Python {platform.python_version()} ({sys.executable}): {libraries()}",
+    ]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if FLOOR and sys.version_info[:2] != (3, 10):
+        terminalreporter.write_line(
+            "NOTE: Python 3.10 itself was not tried here: no python3.10 was found on this machine, so the floor run "
+            f"used Python {platform.python_version()}"
+        )
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,37 @@
+"""The library floor, which lives in several files, agrees: the floor run's constraints,
+setup.cfg, requirements.txt and debian/control."""
+
+from __future__ import annotations
+
+import configparser
+import re
+
+import pytest
+
+from tests.conftest import ROOT
+
+# The booted Debian tests run the unit tests from a copy of tests/ alone.
+pytestmark = pytest.mark.skipif(not (ROOT / "setup.cfg").exists(), reason="no source tree around tests/")
+
+
+def floors() -> dict[str, str]:
+    """setup.cfg's runtime requirements: name -> the lowest version allowed."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    found = {}
+    for line in config["options"]["install_requires"].strip().splitlines():
+        match = re.fullmatch(r"([a-z0-9]+)>=([0-9.]+)(;.*)?", line.strip())
+        assert match, line
+        found[match[1]] = match[2]
+    return found
+
+
+def test_the_floor_run_installs_the_floors_that_setup_cfg_requirements_and_the_package_state() -> None:
+    pins = dict(re.findall(r"^([a-z0-9]+)==([0-9.]+)", (ROOT / "constraints-floor.txt").read_text(), re.MULTILINE))
+    requirements = dict(re.findall(r"^([a-z0-9]+)>=([0-9.]+)", (ROOT / "requirements.txt").read_text(), re.MULTILINE))
+    depends = dict(re.findall(r"python3-([a-z0-9]+) \(>= ([0-9.]+)\)", (ROOT / "debian" / "control").read_text()))
+    wanted = floors()
+    assert set(wanted) == {"paramiko", "cryptography", "defusedxml", "requests", "urllib3", "tomli"}
+    assert {name: pins[name] for name in wanted} == wanted
+    assert requirements == wanted
+    assert depends == wanted
