@@ -17,8 +17,9 @@ FLOOR_READY = $(FLOOR_VENV)/.ready-$(notdir $(FLOOR_PYTHON))
 CACHE       ?= $(HOME)/.cache/aktin-broker-sftp
 BROKER_VERSION = 1.5.1
 BROKER_LIB  ?= $(CACHE)/broker-$(BROKER_VERSION)/lib
-# The TCP latency and fault proxy in front of sshd, built by Go from the Go module proxy (Go 1.23 or newer).
-TOXIPROXY_VERSION = v2.12.0
+# The TCP latency and fault proxy in front of sshd, built by Go from the Go module proxy. v2.7.0
+# builds with Debian 12's Go (1.19) as with newer ones; from v2.9.0 on, Toxiproxy needs a newer Go.
+TOXIPROXY_VERSION = v2.7.0
 TOXIPROXY   = $(CACHE)/toxiproxy-$(TOXIPROXY_VERSION)/server
 GO          ?= $(shell command -v go || echo /usr/local/go/bin/go)
 # The demo needs an sshd and the tools the test peers use; the suite also builds and boots the package.
@@ -66,10 +67,15 @@ deps:
 
 toxiproxy: $(TOXIPROXY)
 
+# With no Go on this machine, Debian's golang-go is installed. GOTOOLCHAIN=local: a Go that
+# would fetch a newer Go for the build must not.
 $(TOXIPROXY):
-	@test -x "$(GO)" || { echo "ERROR: Toxiproxy $(TOXIPROXY_VERSION) is built with Go 1.23 or newer; none found (set GO=/path/to/go)"; exit 1; }
-	mkdir -p $(dir $@)
-	GOBIN=$(dir $@) GOFLAGS=-modcacherw $(GO) install github.com/Shopify/toxiproxy/v2/cmd/server@$(TOXIPROXY_VERSION)
+	@go="$(GO)"; if ! "$$go" version >/dev/null 2>&1; then \
+		echo "no Go found (GO=$(GO)): installing Debian's golang-go"; \
+		sh tests/install-packages.sh golang-go && go=/usr/bin/go; \
+	fi; \
+	mkdir -p $(dir $@) && echo "building Toxiproxy $(TOXIPROXY_VERSION) with $$("$$go" version)" && \
+	GOBIN=$(dir $@) GOFLAGS=-modcacherw GOTOOLCHAIN=local "$$go" install github.com/Shopify/toxiproxy/v2/cmd/server@$(TOXIPROXY_VERSION)
 
 $(VENV)/.ready: requirements.txt requirements-test.txt requirements-dev.txt setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)

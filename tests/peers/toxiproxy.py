@@ -15,7 +15,7 @@ import requests
 from tests.peers import free_port, stop, wait_for_port
 from tests.peers.broker import CACHE
 
-VERSION = "v2.12.0"
+VERSION = "v2.7.0"
 BINARY = CACHE / f"toxiproxy-{VERSION}" / "server"
 # The WAN between a broker server and a recipient such as the RKI: 25 ms each way, 100 Mbit/s.
 WAN_LATENCY_MS = 25

@@ -1,5 +1,6 @@
-"""The library floor, which lives in several files, agrees: the floor run's constraints,
-setup.cfg, requirements.txt and debian/control."""
+"""The version floors and pins that live in several files agree: the library floor (the floor
+run's constraints, setup.cfg, requirements.txt, debian/control) and the Toxiproxy the Makefile
+builds."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import re
 import pytest
 
 from tests.conftest import ROOT
+from tests.peers import toxiproxy
 
 # The booted Debian tests run the unit tests from a copy of tests/ alone.
 pytestmark = pytest.mark.skipif(not (ROOT / "setup.cfg").exists(), reason="no source tree around tests/")
@@ -26,6 +28,12 @@ def floors() -> dict[str, str]:
     return found
 
 
+def make_variable(name: str) -> str:
+    match = re.search(rf"^{name}\s*\??=\s*(.+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert match, name
+    return match[1].strip()
+
+
 def test_the_floor_run_installs_the_floors_that_setup_cfg_requirements_and_the_package_state() -> None:
     pins = dict(re.findall(r"^([a-z0-9]+)==([0-9.]+)", (ROOT / "constraints-floor.txt").read_text(), re.MULTILINE))
     requirements = dict(re.findall(r"^([a-z0-9]+)>=([0-9.]+)", (ROOT / "requirements.txt").read_text(), re.MULTILINE))
@@ -35,3 +43,7 @@ def test_the_floor_run_installs_the_floors_that_setup_cfg_requirements_and_the_p
     assert {name: pins[name] for name in wanted} == wanted
     assert requirements == wanted
     assert depends == wanted
+
+
+def test_the_makefile_builds_the_toxiproxy_the_tests_start() -> None:
+    assert make_variable("TOXIPROXY_VERSION") == toxiproxy.VERSION
