@@ -15,8 +15,8 @@ FLOOR_PYTHON ?= $(firstword $(foreach p,$(shell command -v python3.10) \
 # Named after the Python, so that a python3.10 installed later gets a venv of its own.
 FLOOR_READY = $(FLOOR_VENV)/.ready-$(notdir $(FLOOR_PYTHON))
 CACHE       ?= $(HOME)/.cache/aktin-broker-sftp
-BROKER_VERSION = 1.5.1
-BROKER_LIB  ?= $(CACHE)/broker-$(BROKER_VERSION)/lib
+# The broker releases the tests know, newest first: the first whose jars are in ~/.m2 is used.
+BROKER_VERSIONS = 1.5.2 1.5.1
 # The TCP latency and fault proxy in front of sshd, built by Go from the Go module proxy. v2.7.0
 # builds with Debian 12's Go (1.19) as with newer ones; from v2.9.0 on, Toxiproxy needs a newer Go.
 TOXIPROXY_VERSION = v2.7.0
@@ -93,18 +93,23 @@ $(FLOOR_READY): constraints-floor.txt requirements.txt requirements-test.txt set
 	touch $@
 
 # The real broker's jars, where this machine's Maven repository has them (someone built aktin/broker
-# v1.5.1 with `mvn install`); offline, since no registry has them. Otherwise the tests use the double.
+# v1.5.2 or v1.5.1 with `mvn install`); offline, since no registry has them. Otherwise the tests
+# use the double.
 broker-jars:
-	@if [ -z "$$AKTIN_BROKER_LIB" ] && [ ! -f $(BROKER_LIB)/broker-admin-$(BROKER_VERSION).jar ] \
-		&& [ -f $(HOME)/.m2/repository/org/aktin/broker-admin/$(BROKER_VERSION)/broker-admin-$(BROKER_VERSION).jar ]; then \
-		mkdir -p $(CACHE); rm -rf $(BROKER_LIB).part; \
+	@[ -n "$$AKTIN_BROKER_LIB" ] || for version in $(BROKER_VERSIONS); do \
+		lib=$(CACHE)/broker-$$version/lib; \
+		[ ! -f $$lib/broker-admin-$$version.jar ] || break; \
+		[ -f $(HOME)/.m2/repository/org/aktin/broker-admin/$$version/broker-admin-$$version.jar ] || continue; \
+		mkdir -p $(CACHE); rm -rf $$lib.part; \
 		mvn -o -q -B -f tests/broker/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
-			-DoutputDirectory=$(BROKER_LIB).part >$(CACHE)/mvn.log 2>&1 \
-		&& mv $(BROKER_LIB).part $(BROKER_LIB) \
-		|| { rm -rf $(BROKER_LIB).part; echo "WARNING: the broker's jars in ~/.m2 are incomplete (see $(CACHE)/mvn.log)"; }; \
-	fi
+			-Dbroker.version=$$version -DoutputDirectory=$$lib.part >$(CACHE)/mvn.log 2>&1 \
+		&& mv $$lib.part $$lib && break \
+		|| { rm -rf $$lib.part; echo "WARNING: the broker $$version jars in ~/.m2 are incomplete (see $(CACHE)/mvn.log)"; }; \
+	done
 
-# Records the real broker 1.5.1 answering the fixed conversation (needs its jars, see README).
+# Records the real broker answering the fixed conversation (needs its jars, see README); where
+# the answers differ from the recording only in the broker's version, that version is added to
+# the ones the recording was checked against.
 broker-recording: $(VENV)/.ready broker-jars
 	$(VENV)/bin/python -m tests.broker_double.record
 

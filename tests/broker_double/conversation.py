@@ -1,9 +1,11 @@
 """A fixed conversation with an AKTIN Broker, and its answers in a comparable form.
 
-`record.py` holds the real broker 1.5.1 to it and stores the answers in `recording.json`;
-`tests/integration/test_broker_double.py` holds the double to the same conversation and fails on
-any difference. Everything here is what the product, the tests, the demo and the benchmark send,
-including the error cases, so that the double behaves like the real broker wherever we rely on it.
+`record.py` holds a real broker to it and stores the answers in `recording.json`, with the
+releases they were checked against: recorded from 1.5.1; 1.5.2 gives the same answers but for its
+version in `/broker/status`. `tests/integration/test_broker_double.py` holds the double to the
+same conversation and fails on any difference. Everything here is what the product, the tests,
+the demo and the benchmark send, including the error cases, so that the double behaves like the
+real broker wherever we rely on it.
 
 What legitimately varies between two runs is normalised: timestamps of "now" (their shape, with
 the number of fraction digits, is kept), download ids, and the server's address. Node status
@@ -29,6 +31,9 @@ from tests.peers.broker import ADMIN_KEY, NODE_KEYS, request_xml
 
 NS = "{http://aktin.org/ns/exchange}"
 RECORDING = Path(__file__).resolve().parent / "recording.json"
+# What recording.json says of each broker release checked.
+RECORDED = "recorded from it"
+ALIKE = "the same answers, but for its version in /broker/status"
 # The headers whose difference would matter to a client; Date and Server vary and mean nothing.
 RELEVANT_HEADERS = ("content-type", "location", "content-disposition", "www-authenticate")
 TIMESTAMP = re.compile(r"\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
@@ -289,10 +294,39 @@ def _stamp(match: re.Match[str]) -> str:
     return f"<now{'.' + 'f' * (len(fraction) - 1) if fraction else ''}>"
 
 
+def _stored() -> dict[str, Any]:
+    stored: dict[str, Any] = json.loads(RECORDING.read_text())
+    return stored
+
+
 def load() -> list[dict[str, Any]]:
-    recorded: list[dict[str, Any]] = json.loads(RECORDING.read_text())
-    return recorded
+    """The recorded answers."""
+    exchanges: list[dict[str, Any]] = _stored()["exchanges"]
+    return exchanges
 
 
-def save(exchanges: list[dict[str, Any]]) -> None:
-    RECORDING.write_text(json.dumps(exchanges, indent=1, ensure_ascii=False) + "\n")
+def brokers() -> dict[str, str]:
+    """The broker releases the recording was checked against, each with what was found."""
+    checked: dict[str, str] = _stored()["brokers"]
+    return checked
+
+
+def record(version: str, exchanges: list[dict[str, Any]]) -> str:
+    """Stores broker `version`'s answers, and says what changed. Answers that differ from the
+    recording only in the broker's version keep the recording and add the release to it."""
+    stored = _stored()
+    recorded_from = next(release for release, found in stored["brokers"].items() if found == RECORDED)
+    alike = json.dumps(exchanges).replace(json.dumps(version), json.dumps(recorded_from)) == json.dumps(stored["exchanges"])
+    if alike and version == recorded_from:
+        return f"broker {version} answers as recorded: nothing changed"
+    if alike:
+        stored["brokers"][version] = ALIKE
+        message = f"broker {version} answers as {recorded_from} did, but for its version: added to the releases checked"
+    else:
+        stored = {"brokers": {version: RECORDED}, "exchanges": exchanges}
+        message = (
+            f"recorded from broker {version}; the double answers as DOUBLE_VERSION (tests/peers/broker.py) names, "
+            "and the other releases need checking again"
+        )
+    RECORDING.write_text(json.dumps(stored, indent=1, ensure_ascii=False) + "\n")
+    return message

@@ -1,5 +1,7 @@
-"""Records the real AKTIN Broker 1.5.1 answering the fixed conversation into recording.json:
-`python -m tests.broker_double.record` (or `make broker-recording`).
+"""Records a real AKTIN Broker answering the fixed conversation into recording.json:
+`python -m tests.broker_double.record` (or `make broker-recording`). The broker's release is
+that of its jars; answers that differ from the recording only in that version add the release to
+those the recording was checked against, and leave the answers as they are.
 
 Runs only where the broker's jars are present (AKTIN_BROKER_LIB or the Maven cache), since
 they are on no registry this project reaches; the recording is committed and the replay test
@@ -19,7 +21,7 @@ from tests.peers import broker as broker_peer
 def main() -> int:
     lib = broker_peer.classpath()
     if lib is None:
-        print(f"recording needs the real AKTIN Broker {broker_peer.BROKER_VERSION}: {broker_peer.NO_JARS}", file=sys.stderr)
+        print(f"recording needs a real AKTIN Broker: {broker_peer.NO_JARS}", file=sys.stderr)
         return 1
     with tempfile.TemporaryDirectory(prefix="aktin-broker-recording-") as directory:
         broker = broker_peer.RealBroker(lib, Path(directory), hospitals=False)
@@ -27,8 +29,7 @@ def main() -> int:
             exchanges = conversation.Talker(broker.url).run()
         finally:
             broker.stop()
-    conversation.save(exchanges)
-    print(f"{len(exchanges)} exchanges recorded into {conversation.RECORDING}")
+    print(f"{len(exchanges)} exchanges: {conversation.record(broker.version, exchanges)} ({conversation.RECORDING})")
     return 0
 
 

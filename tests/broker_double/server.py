@@ -1,6 +1,7 @@
-"""A double of the AKTIN Broker 1.5.1: the part of its REST API that the product, the tests, the
-demo and the benchmark use, with the real one's answers (held to them by the replay test in
-tests/integration/test_broker_double.py against recording.json).
+"""A double of the AKTIN Broker 1.5.1 and 1.5.2 (which answer alike but for their version): the
+part of its REST API that the product, the tests, the demo and the benchmark use, with the real
+one's answers (held to them by the replay test in tests/integration/test_broker_double.py against
+recording.json).
 
 It exists because the real broker's server jars are on no registry this project reaches. It
 keeps everything in memory, serves HTTP/1.1 keep-alive on 127.0.0.1 from threads, and reads the
@@ -29,7 +30,7 @@ from xml.sax.saxutils import escape
 from lxml import etree
 
 from tests.peers import free_port, stop
-from tests.peers.broker import BROKER_VERSION, BrokerServer, write_api_keys
+from tests.peers.broker import DOUBLE_VERSION, BrokerServer, write_api_keys
 from tests.peers.http_server import LocalHttpServer
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -235,7 +236,7 @@ class Api:
         raise Failure(404, "Not Found")
 
     def broker_status(self, **_: Any) -> Answer:
-        modules = "".join(element("module", leaf("version", BROKER_VERSION), id=name) for name in ("broker-api", "broker-server"))
+        modules = "".join(element("module", leaf("version", DOUBLE_VERSION), id=name) for name in ("broker-api", "broker-server"))
         return self.xml(element("broker-status", leaf("timestamp", now(9)), element("node-software", modules)))
 
     def node_list(self, **_: Any) -> Answer:
@@ -438,8 +439,9 @@ def read_api_keys(path: Path) -> dict[str, str]:
 
 
 class BrokerDouble(BrokerServer):
-    kind = f"the AKTIN Broker double (held to {BROKER_VERSION} by recorded exchanges)"
+    kind = f"the AKTIN Broker double (held to {DOUBLE_VERSION} by recorded exchanges)"
     short = "broker double"
+    version = DOUBLE_VERSION
 
     def __init__(self, directory: Path, hospitals: bool = True, port: int = 0) -> None:
         directory.mkdir(parents=True, exist_ok=True)

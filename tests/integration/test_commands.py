@@ -18,7 +18,7 @@ def test_check_reaches_both_peers_and_changes_nothing(setup: Setup, broker_serve
     broker_server.create_request([setup.tag])
     done = setup.run("check")
     assert done.returncode == 0, done.stderr
-    assert "version 1.5.1, 1 requests tagged" in done.stdout
+    assert f"version {broker_server.version}, 1 requests tagged" in done.stdout
     assert "host key verified, logged in" in done.stdout
     assert "cipher" not in done.stdout
     assert setup.remote_files() == []

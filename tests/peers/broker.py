@@ -1,5 +1,6 @@
-"""The AKTIN Broker for a test session: the real one (1.5.1, where its jars are present) or the
-double held to it, and the calls the tests make on it as its administrator and as hospitals."""
+"""The AKTIN Broker for a test session: the real one (1.5.2 or 1.5.1, where its jars are present)
+or the double held to them, and the calls the tests make on it as its administrator and as
+hospitals."""
 
 from __future__ import annotations
 
@@ -19,7 +20,10 @@ import requests
 
 from tests.peers import free_port, stop
 
-BROKER_VERSION = "1.5.1"
+# The releases the double's conversation was checked against (recording.json), newest first.
+RELEASES = ("1.5.2", "1.5.1")
+# The one the recording was made from, whose answers the double gives, its version included.
+DOUBLE_VERSION = "1.5.1"
 ADMIN_KEY = "xxxAdmin1234"
 NODE_KEYS = {
     "Schwarzwaldklinik": "xxxApiKey123",
@@ -31,28 +35,37 @@ POM = Path(__file__).resolve().parent.parent / "broker" / "pom.xml"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "aktin-broker-sftp"
 
 
-NO_JARS_HINT = f"AKTIN_BROKER_LIB or {CACHE}/broker-{BROKER_VERSION}/lib would name them"
-NO_JARS = (
-    f"no AKTIN Broker {BROKER_VERSION} jars (its server artifacts are on no registry this project reaches); "
-    + NO_JARS_HINT
-)
+NO_JARS_HINT = f"AKTIN_BROKER_LIB or {CACHE}/broker-VERSION/lib ({' or '.join(RELEASES)}) would name them"
+NO_JARS = "no AKTIN Broker jars (its server artifacts are on no registry this project reaches); " + NO_JARS_HINT
 
 
 def classpath() -> Path | None:
-    """The directory of the real broker's jars, if this machine has them."""
+    """The directory of the real broker's jars, if this machine has them: the newest release's."""
     if os.environ.get("AKTIN_BROKER_LIB"):
         return Path(os.environ["AKTIN_BROKER_LIB"])
-    lib = CACHE / f"broker-{BROKER_VERSION}" / "lib"
-    if (lib / f"broker-admin-{BROKER_VERSION}.jar").exists():
-        return lib
+    for version in RELEASES:
+        lib = CACHE / f"broker-{version}" / "lib"
+        if (lib / f"broker-admin-{version}.jar").exists():
+            return lib
     return None
+
+
+def jar_version(lib: Path) -> str:
+    """The release of the broker in `lib`: the version in broker-admin's file name, or where
+    that has none, the one AKTIN_BROKER_VERSION states."""
+    names = [jar.name for jar in lib.glob("broker-admin-*.jar")]
+    if len(names) == 1:
+        return names[0].removeprefix("broker-admin-").removesuffix(".jar")
+    if os.environ.get("AKTIN_BROKER_VERSION"):
+        return os.environ["AKTIN_BROKER_VERSION"]
+    raise RuntimeError(f"{lib} has {len(names)} broker-admin-VERSION.jar; set AKTIN_BROKER_VERSION to the broker's release")
 
 
 def which() -> str:
     """The session's broker, as the test report's header and the demo name it."""
     lib = classpath()
     if lib is not None:
-        return f"the real AKTIN Broker {BROKER_VERSION} (jars in {lib})"
+        return f"the real AKTIN Broker {jar_version(lib)} (jars in {lib})"
     return f"the AKTIN Broker double (no real broker jars on this machine; {NO_JARS_HINT})"
 
 
@@ -91,10 +104,11 @@ def request_xml(title: str, tags: list[str], prefix: str = "") -> str:
 
 class BrokerServer:
     """An AKTIN Broker on 127.0.0.1 and the calls the tests make on it as its administrator
-    and as hospitals; `kind` says which broker it is."""
+    and as hospitals; `kind` says which broker it is, `version` which release it answers as."""
 
     kind = ""
     short = ""
+    version = ""
     port = 0
 
     def _ready(self, alive: Callable[[], str | None], hospitals: bool) -> None:
@@ -183,10 +197,10 @@ class Hospital:
 
 
 class RealBroker(BrokerServer):
-    kind = f"the real AKTIN Broker {BROKER_VERSION}"
-    short = f"real broker {BROKER_VERSION}"
-
     def __init__(self, lib: Path, directory: Path, hospitals: bool = True) -> None:
+        self.version = jar_version(lib)
+        self.kind = f"the real AKTIN Broker {self.version}"
+        self.short = f"real broker {self.version}"
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         write_api_keys(directory)

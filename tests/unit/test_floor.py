@@ -1,6 +1,6 @@
 """The version floors and pins that live in several files agree: the library floor (the floor
-run's constraints, setup.cfg, requirements.txt, debian/control) and the Toxiproxy the Makefile
-builds."""
+run's constraints, setup.cfg, requirements.txt, debian/control), the Toxiproxy the Makefile builds,
+and the broker releases the Makefile, the tests and the recording know."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import re
 
 import pytest
 
+from tests.broker_double import conversation
 from tests.conftest import ROOT
-from tests.peers import toxiproxy
+from tests.peers import broker, toxiproxy
 
 # The booted Debian tests run the unit tests from a copy of tests/ alone.
 pytestmark = pytest.mark.skipif(not (ROOT / "setup.cfg").exists(), reason="no source tree around tests/")
@@ -47,3 +48,10 @@ def test_the_floor_run_installs_the_floors_that_setup_cfg_requirements_and_the_p
 
 def test_the_makefile_builds_the_toxiproxy_the_tests_start() -> None:
     assert make_variable("TOXIPROXY_VERSION") == toxiproxy.VERSION
+
+
+def test_the_broker_releases_are_those_the_recording_was_checked_against() -> None:
+    assert tuple(make_variable("BROKER_VERSIONS").split()) == broker.RELEASES
+    checked = conversation.brokers()
+    assert set(checked) == set(broker.RELEASES)
+    assert checked[broker.DOUBLE_VERSION] == conversation.RECORDED
