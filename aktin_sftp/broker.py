@@ -21,13 +21,12 @@ from aktin_sftp import xmlsafe
 from aktin_sftp.config import BrokerConfig
 from aktin_sftp.errors import ConfigError, SyncError, UnavailableError
 from aktin_sftp.faults import checkpoint
-from aktin_sftp.sessions import Answer, Sessions, TooLarge
+from aktin_sftp.sessions import CHUNK, Answer, Sessions, Stalled, Streamed, TooLarge
 
 log = logging.getLogger(__name__)
 
 NS = "{http://aktin.org/ns/exchange}"
 REQUEST_TYPE = "application/vnd.aktin.query.request+xml"
-DOWNLOAD_CHUNK = 1 << 20
 # Far above what any listing or status answer needs (a listing of 100 000 requests is ~10 MiB);
 # a longer answer is refused rather than held in memory and parsed.
 MAX_ANSWER = 64 << 20
@@ -129,6 +128,11 @@ class Broker:
         # its table of downloads (a Hashtable) on every download while an export adds to it, and
         # answers HTTP 500 when the two meet. Exports are quick; the uploads are what take long.
         self.exporting = threading.Lock()
+        # An export that was sent but got no answer (timed out, connection lost) may still be
+        # running on the broker, so releasing the lock would not keep the next download from
+        # meeting it. The export POST is never re-sent (sessions.REPEATABLE), and once one is
+        # unsettled no further export or download starts in this run: the next run does them.
+        self.unsettled: int | None = None
 
     def close(self) -> None:
         self.sessions.close()
@@ -153,6 +157,7 @@ class Broker:
     def all_node_statuses(self, request_ids: list[int]) -> dict[int, list[NodeStatus] | RequestFailed]:
         """Status of many requests over `parallel` keep-alive connections; a request whose
         status call failed maps to its failure, so that the others can go on."""
+        checkpoint("broker:status")
         with ThreadPoolExecutor(self.config.parallel) as pool:
             return dict(zip(request_ids, pool.map(self._node_statuses_or_failure, request_ids), strict=True))
 
@@ -182,13 +187,23 @@ class Broker:
     def export(self, request_id: int, target: Path) -> int:
         """Has the broker build the request's bundle and streams it into `target`."""
         with self.exporting:
+            if self.unsettled is not None:
+                raise RequestFailed(
+                    f"request {request_id} was not exported in this run: the broker may still be building the "
+                    f"bundle of request {self.unsettled}, whose export got no answer"
+                )
             return self._export(request_id, target)
 
     def _export(self, request_id: int, target: Path) -> int:
         what = f"the export of request {request_id}"
-        answer = self._call(
-            "POST", f"/broker/export/request-bundle/{request_id}", what, accept="text/plain", per_request=True
-        )
+        checkpoint("broker:export")
+        try:
+            answer = self._call(
+                "POST", f"/broker/export/request-bundle/{request_id}", what, accept="text/plain", per_request=True
+            )
+        except UnavailableError:
+            self.unsettled = request_id
+            raise
         token = answer.body.decode("utf-8", "replace").strip()
         if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", token):
             raise RequestFailed(f"{what} answered {token[:40]!r} instead of a download id")
@@ -201,12 +216,14 @@ class Broker:
             size = 0
             with open(target, "wb") as handle:
                 try:
-                    for chunk in response.iter_content(DOWNLOAD_CHUNK):
+                    for chunk in response.chunks():
                         size += len(chunk)
                         if size > limit:
                             raise RequestFailed(f"{what} exceeded [broker] max_download_mib; stopped")
                         handle.write(chunk)
                         checkpoint("download")
+                except Stalled:
+                    raise self._stalled(what) from None
                 except requests.RequestException as exc:
                     raise RequestFailed(f"{what} broke off: {_reason(exc)}") from None
         if expected is not None and expected.isdigit() and int(expected) != size:
@@ -225,6 +242,8 @@ class Broker:
     ) -> Answer:
         try:
             answer = self.sessions.call(method, path, self._headers(accept), MAX_ANSWER)
+        except Stalled:
+            raise self._stalled(what) from None
         except TooLarge as exc:
             raise SyncError(f"broker answered {what} with {exc}; refused") from None
         except requests.RequestException as exc:
@@ -233,14 +252,15 @@ class Broker:
         return answer
 
     @contextmanager
-    def _stream(self, method: str, path: str, what: str) -> Iterator[requests.Response]:
+    def _stream(self, method: str, path: str, what: str) -> Iterator[Streamed]:
         try:
-            response = self.sessions.stream(method, path, self._headers(None))
+            with self.sessions.stream(method, path, self._headers(None)) as response:
+                self._check(response.status_code, response.headers, what, True, ())
+                yield response
+        except Stalled:
+            raise self._stalled(what) from None
         except requests.RequestException as exc:
             raise self._unavailable(exc, what) from None
-        with response:
-            self._check(response.status_code, response.headers, what, True, ())
-            yield response
 
     def _headers(self, accept: str | None) -> dict[str, str]:
         return {**self.headers, "Accept": accept} if accept else self.headers
@@ -268,6 +288,13 @@ class Broker:
             error = RequestFailed if per_request else UnavailableError
             raise error(f"broker answered {what} with HTTP {status}")
 
+    def _stalled(self, what: str, trickle: bool = True) -> UnavailableError:
+        slow = f" (or sent less than {CHUNK >> 10} KiB of it in that time)" if trickle else ""
+        return UnavailableError(
+            f"broker at {self.base} did not answer {what} within [broker] timeout = {self.config.timeout:g} s{slow}; "
+            "raise [broker] timeout if the broker is that slow"
+        )
+
     def _unavailable(self, exc: requests.RequestException, what: str) -> UnavailableError:
         # requests names a read timeout that outlived its retry a ConnectionError; urllib3's own
         # reason tells them apart.
@@ -277,7 +304,7 @@ class Broker:
                 f"TLS to the broker at {self.base} failed ({_reason(exc)}); check [broker] ca_bundle"
             )
         if isinstance(exc, requests.exceptions.Timeout) or isinstance(cause, ReadTimeoutError):
-            return UnavailableError(f"broker at {self.base} did not answer {what} within {self.config.timeout:g} s")
+            return self._stalled(what, trickle=False)
         if isinstance(cause, NewConnectionError):
             return UnavailableError(f"broker at {self.base} is unreachable ({_reason(exc)}); is it running?")
         return UnavailableError(f"{what} failed: {_reason(exc)}")

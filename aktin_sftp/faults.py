@@ -4,9 +4,9 @@ Only the tests set these variables; unset (as in production), a checkpoint does 
 - AKTIN_SFTP_CRASH_AT: the process kills itself with SIGKILL at the first checkpoint whose name
   starts with that value.
 - AKTIN_SFTP_PAUSE_AT and AKTIN_SFTP_PAUSE_FILE: every thread that reaches a checkpoint whose
-  name starts with that value creates the file and waits until the test removes it (at most a
-  minute), so that the test can break the network at exactly that step. Once released, no
-  checkpoint pauses again.
+  name starts with that value creates the file (holding how many threads wait there) and waits
+  until the test removes it (at most a minute), so that the test can break the network at
+  exactly that step. Once released, no checkpoint pauses again.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ _PAUSE_AT = os.environ.get("AKTIN_SFTP_PAUSE_AT")
 _PAUSE_FILE = os.environ.get("AKTIN_SFTP_PAUSE_FILE")
 _PAUSE_LONGEST = 60.0
 _pausing = threading.Lock()
-_paused = threading.Event()
+_waiting = 0
 _released = threading.Event()
 
 
@@ -34,11 +34,13 @@ def checkpoint(name: str) -> None:
 
 
 def _pause(marker: Path) -> None:
+    global _waiting
     with _pausing:
-        # Created once: a thread arriving after the test removed it must not create it again.
-        if not _paused.is_set():
-            marker.touch()
-            _paused.set()
+        # A thread arriving after the test removed the file must not create it again.
+        if _released.is_set() or (_waiting and not marker.exists()):
+            return
+        _waiting += 1
+        marker.write_text(str(_waiting))
     deadline = time.monotonic() + _PAUSE_LONGEST
     while marker.exists() and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -8,9 +8,11 @@ import os
 import posixpath
 import re
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from aktin_sftp.crypto import Writer
 from aktin_sftp.errors import ConfigError, SyncError, UnavailableError
 from aktin_sftp.faults import checkpoint
 from aktin_sftp.transfer import POSIX_RENAME, open_client
+from aktin_sftp.watchdog import Watch, Watchdog, cut
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +54,13 @@ def _transport_options() -> dict[str, Any]:
     return {}
 
 
-def _login_error(config: SftpConfig, exc: BaseException) -> SyncError:
+def _login_error(config: SftpConfig, exc: BaseException, stalled: str | None) -> SyncError:
     where = f"SFTP server {config.host}:{config.port}"
+    if stalled is not None or isinstance(exc, socket.timeout) or "protocol banner" in str(exc):
+        return UnavailableError(
+            f"{where} did not answer {stalled or 'the login'} within [sftp] timeout = {config.timeout:g} s; "
+            "is it reachable? Raise [sftp] timeout if the link is that slow"
+        )
     if isinstance(exc, paramiko.BadHostKeyException):
         return ConfigError(
             f"{where} presented a host key that differs from {config.known_hosts}; refused. "
@@ -126,9 +134,84 @@ def partial_name(name: str) -> str:
     return f".{name}.part"
 
 
+class _Login:
+    """One SSH connection: its socket, which only this service created and may cut, and the
+    watchdog and keepalive that bound every wait on it."""
+
+    def __init__(self, config: SftpConfig) -> None:
+        self.config = config
+        self.where = f"SFTP server {config.host}:{config.port}"
+        self.client = paramiko.SSHClient()
+        self.sock: socket.socket | None = None
+        # What was waited for when the watchdog cut the connection.
+        self.stalled: str | None = None
+        self.watchdog = Watchdog(f"watchdog {self.where}")
+        self.closing = threading.Event()
+        self.keepalive: threading.Thread | None = None
+
+    @contextmanager
+    def waiting(self, what: str) -> Iterator[Watch]:
+        """Bounds a wait for the server: no progress for [sftp] timeout seconds cuts the connection."""
+        with self.watchdog.watch(what, self.config.timeout, lambda: self._cut(what)) as watch:
+            yield watch
+
+    def _cut(self, what: str) -> None:
+        self.stalled = self.stalled or what
+        log.debug("%s did not answer %s for %g s; cutting the connection", self.where, what, self.config.timeout)
+        cut(self.sock)
+
+    def connect(self) -> None:
+        config = self.config
+        load_known_hosts(config.known_hosts, self.client.get_host_keys())
+        # Never learn a key: an unknown or changed host key is refused.
+        self.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        with self.waiting("the login"):
+            self.sock = socket.create_connection((config.host, config.port), timeout=config.timeout)
+            # Without TCP_NODELAY, small SFTP requests wait for delayed ACKs.
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.client.connect(
+                config.host,
+                port=config.port,
+                username=config.username,
+                password=config.password.reveal() if config.password else None,
+                key_filename=str(config.private_key_file) if config.private_key_file else None,
+                timeout=config.timeout,
+                banner_timeout=config.timeout,
+                auth_timeout=config.timeout,
+                allow_agent=False,
+                look_for_keys=False,
+                sock=self.sock,
+                **_transport_options(),
+            )
+        self.keepalive = threading.Thread(target=self._keep_alive, name=f"keepalive {self.where}", daemon=True)
+        self.keepalive.start()
+
+    def _keep_alive(self) -> None:
+        """While no other wait watches the connection, asks the server for a reply every half
+        timeout (as OpenSSH's ServerAliveInterval does): a server gone quiet is cut, and a NAT or
+        firewall on the way keeps the idle connection open."""
+        while not self.closing.wait(self.config.timeout / 2):
+            transport = self.client.get_transport()
+            if transport is None or not transport.is_active():
+                return
+            if not self.watchdog.busy():
+                with self.waiting("a keepalive"):
+                    # Any server answers an unknown global request with a failure: that is the reply.
+                    transport.global_request("keepalive@openssh.com", wait=True)
+
+    def close(self) -> None:
+        self.closing.set()
+        with self.waiting("the close of the connection"):
+            self.client.close()
+        if self.keepalive is not None:
+            self.keepalive.join()
+        self.watchdog.close()
+
+
 class Remote:
     """One SFTP channel into the configured folder. `Remote(config)` logs in; `more_channels`
-    adds channels for deliveries at the same time."""
+    adds channels for deliveries at the same time. Every wait for the server is bounded by
+    [sftp] timeout: one without progress for that long cuts the connection (UnavailableError)."""
 
     def __init__(self, config: SftpConfig, shared: Remote | None = None) -> None:
         self.config = config
@@ -136,43 +219,27 @@ class Remote:
         # Further logins that this one opened for channels beyond the server's session limit.
         self.logins: list[Remote] = []
         self.owns_login = shared is None
-        self.client: paramiko.SSHClient = shared.client if shared else paramiko.SSHClient()
+        self.login: _Login = shared.login if shared else _Login(config)
+        self.client = self.login.client
+        opened = False
         try:
             if shared is None:
-                self._login(config)
+                self.login.connect()
             transport = self.client.get_transport()
             assert transport is not None
             self.cipher: str = getattr(transport, "remote_cipher", "unknown")
             self.server: str = transport.remote_version
-            self.sftp = open_client(transport)
+            with self.login.waiting("the opening of an SFTP channel"):
+                self.sftp = open_client(transport)
             self.write_size = write_size(self.server, self.sftp.sock.out_max_packet_size)
+            opened = True
         except TRANSFER_ERRORS as exc:
             if shared is None:
-                self.client.close()
-                raise _login_error(config, exc) from None
+                raise _login_error(config, exc, self.login.stalled) from None
             raise
-
-    def _login(self, config: SftpConfig) -> None:
-        load_known_hosts(config.known_hosts, self.client.get_host_keys())
-        # Never learn a key: an unknown or changed host key is refused.
-        self.client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        self.client.connect(
-            config.host,
-            port=config.port,
-            username=config.username,
-            password=config.password.reveal() if config.password else None,
-            key_filename=str(config.private_key_file) if config.private_key_file else None,
-            timeout=config.timeout,
-            banner_timeout=config.timeout,
-            auth_timeout=config.timeout,
-            allow_agent=False,
-            look_for_keys=False,
-            **_transport_options(),
-        )
-        transport = self.client.get_transport()
-        assert transport is not None
-        # Without TCP_NODELAY, small SFTP requests wait for delayed ACKs.
-        transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[union-attr]
+        finally:
+            if not opened and shared is None:
+                self.login.close()
 
     def more_channels(self, count: int, ready: Callable[[Remote], None]) -> None:
         """Opens `count` further channels and hands each to `ready` as soon as it is open: those
@@ -221,9 +288,20 @@ class Remote:
         for login in self.logins:
             login.close()
         if self.owns_login:
-            self.client.close()
+            self.login.close()
         else:
-            self.sftp.close()
+            with self._waiting("the close of an SFTP channel"):
+                self.sftp.close()
+
+    @contextmanager
+    def _waiting(self, what: str) -> Iterator[Watch]:
+        """A wait on this channel: every packet the server sends on it counts as progress."""
+        with self.login.waiting(what) as watch:
+            self.sftp.progress = watch.moved
+            try:
+                yield watch
+            finally:
+                self.sftp.progress = None
 
     def path(self, name: str) -> str:
         return posixpath.join(self.folder, name)
@@ -233,43 +311,53 @@ class Remote:
         confirmed every write and the close."""
         final, partial = self.path(name), self.path(partial_name(name))
         size = local.stat().st_size
-
-        def sent(count: int) -> None:
-            checkpoint(f"upload:{name}")
-            if progress:
-                progress(count, size)
-
+        what = f"the upload of {final}"
         try:
-            with open(local, "rb") as source:
+            with self._waiting(what) as watch, open(local, "rb") as source:
+
+                def sent(count: int) -> None:
+                    # A write that went out was let through by the server's window: progress.
+                    watch.moved()
+                    checkpoint(f"upload:{name}")
+                    if progress:
+                        progress(count, size)
+
                 written = self.sftp.write_file(partial, iter(lambda: source.read(self.write_size), b""), sent)
             checkpoint(f"rename:{name}")
-            self._rename(partial, final)
+            with self._waiting(f"the rename of {partial} to {final}"):
+                self._rename(partial, final)
         except TRANSFER_ERRORS as exc:
-            raise self._transfer_error(f"upload of {final}", exc) from None
+            raise self._transfer_error(what, exc) from None
         return written
 
     def measure_upload(self, size: int) -> float:
         """Bytes per second for `size` random bytes written to a hidden file, removed again."""
         probe = self.path(partial_name("aktin-speed-probe"))
         block = os.urandom(self.write_size)
+        what = f"the speed probe {probe}"
         try:
-            started = time.monotonic()
-            written = self.sftp.write_file(probe, (block for _ in range(max(1, size // len(block)))))
-            seconds = time.monotonic() - started
-            self.sftp.remove(probe)
+            with self._waiting(what) as watch:
+                started = time.monotonic()
+                written = self.sftp.write_file(
+                    probe, (block for _ in range(max(1, size // len(block)))), lambda _: watch.moved()
+                )
+                seconds = time.monotonic() - started
+                self.sftp.remove(probe)
         except TRANSFER_ERRORS as exc:
-            raise self._transfer_error(f"speed probe {probe}", exc) from None
+            raise self._transfer_error(what, exc) from None
         return written / seconds
 
     def remove(self, name: str) -> bool:
         """Removes a file; False when it was not there (anymore)."""
         target = self.path(name)
+        checkpoint("sftp:remove")
         try:
-            self.sftp.remove(target)
+            with self._waiting(f"the removal of {target}"):
+                self.sftp.remove(target)
         except FileNotFoundError:
             return False
         except TRANSFER_ERRORS as exc:
-            raise self._transfer_error(f"removal of {target}", exc) from None
+            raise self._transfer_error(f"the removal of {target}", exc) from None
         return True
 
     def listdir(self) -> list[str]:
@@ -277,20 +365,26 @@ class Remote:
 
     def listing(self) -> dict[str, int]:
         """Every file in the folder with its size, from one directory listing."""
+        what = f"the listing of {self.folder}"
+        checkpoint("sftp:listing")
         try:
-            return {a.filename: a.st_size or 0 for a in self.sftp.listdir_attr(self.folder)}
+            with self._waiting(what):
+                return {a.filename: a.st_size or 0 for a in self.sftp.listdir_attr(self.folder)}
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
             raise ConfigError(f"SFTP folder {self.folder!r} cannot be listed ({exc}); check [sftp] folder") from None
         except TRANSFER_ERRORS as exc:
-            raise self._transfer_error(f"listing of {self.folder}", exc) from None
+            raise self._transfer_error(what, exc) from None
 
     def download(self, name: str, local: Writer) -> None:
         source = self.path(name)
+        what = f"the download of {source}"
+        checkpoint("sftp:download")
         try:
-            # paramiko only calls write() on it.
-            self.sftp.getfo(source, local)  # type: ignore[arg-type]
+            with self._waiting(what):
+                # paramiko only calls write() on it.
+                self.sftp.getfo(source, local)  # type: ignore[arg-type]
         except TRANSFER_ERRORS as exc:
-            raise self._transfer_error(f"download of {source}", exc) from None
+            raise self._transfer_error(what, exc) from None
 
     def remove_partials(self) -> None:
         """Drops what an interrupted run left under temporary names (only names we make)."""
@@ -300,6 +394,12 @@ class Remote:
                 self.remove(name)
 
     def _transfer_error(self, what: str, exc: BaseException) -> SyncError:
+        stalled = self.login.stalled
+        if stalled is not None:
+            return UnavailableError(
+                f"{self.login.where} did not answer {stalled} for [sftp] timeout = {self.config.timeout:g} s, so "
+                f"{what} failed and the connection was closed; raise [sftp] timeout if the link is that slow"
+            )
         transport = self.client.get_transport()
         # A dropped connection surfaces as EOFError, SSHException or a plain OSError ("Socket is
         # closed"), depending on where paramiko notices; the transport's state says which it was.

@@ -44,14 +44,22 @@ class _Replies:
 
 class Client(paramiko.SFTPClient):
     extensions: dict[str, bytes]
+    # Called for every packet the server sends on this channel (the watchdog's sign of life).
+    progress: Callable[[], None] | None = None
 
     if TYPE_CHECKING:  # paramiko's internals that this class builds on, which its stubs leave out
         def _send_packet(self, kind: int, message: Message) -> None: ...
-        def _read_packet(self) -> tuple[int, bytes]: ...
         def _request(self, kind: int, *args: object) -> tuple[int, Message]: ...
         def _async_request(self, receiver: object, kind: int, *args: object) -> int: ...
         def _read_response(self, waitfor: int | None = None) -> tuple[int | None, Message | None]: ...
         def _convert_status(self, message: Message) -> None: ...
+
+    def _read_packet(self) -> tuple[int, bytes]:
+        # paramiko's stubs leave this internal out.
+        packet: tuple[int, bytes] = super()._read_packet()  # type: ignore[misc]
+        if self.progress is not None:
+            self.progress()
+        return packet
 
     def _send_version(self) -> int:
         message = Message()

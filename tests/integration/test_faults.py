@@ -58,7 +58,10 @@ def one_error_line(stderr: str) -> str:
         (Rule("GET", r"/broker/request/filtered", status=200, body=b"<request-list"), 69, "malformed XML"),
         (Rule("GET", r"/broker/request/filtered", truncate=30), 69, "the listing of tagged requests failed"),
         (Rule("GET", r"/broker/request/\d+/status", status=200, body=b"<nope"), 69, "malformed XML"),
-        (Rule("GET", r"/broker/request/filtered", delay=4), 69, "did not answer the listing of tagged requests within 2 s"),
+        (
+            Rule("GET", r"/broker/request/filtered", delay=4), 69,
+            "did not answer the listing of tagged requests within [broker] timeout = 2 s",
+        ),
         (Rule("GET", r"/broker/request/filtered", status=401), 78, "refused the API key (HTTP 401)"),
         (
             Rule("GET", r"/broker/request/filtered", status=301, headers=(("Location", "http://elsewhere.example/"),)),
@@ -87,15 +90,41 @@ def test_broker_faults_change_nothing_and_the_next_run_converges(
     assert setup.remote_files() == expected_files([*delivered, newest])
 
 
-def test_transient_errors_are_retried(setup: Setup, broker_server: BrokerServer, proxy: BrokerProxy) -> None:
+def test_transient_errors_are_retried_but_an_export_is_never_sent_twice(
+    setup: Setup, broker_server: BrokerServer, proxy: BrokerProxy
+) -> None:
     setup.config.write_text(setup.variant(broker_server.url, proxy.url).read_text())
     request_id = broker_server.create_request([setup.tag])
     proxy.rules += [Rule("GET", r"/broker/request/filtered", status=503, times=2),
                     Rule("POST", r"/broker/export/", status=502, times=1)]
+    failed = setup.run("run")
+    assert failed.returncode == 1, failed.stderr
+    assert f"broker answered the export of request {request_id} with HTTP 502" in one_error_line(failed.stderr)
+    assert sum("filtered" in seen for seen in proxy.seen) == 3
+    assert sum(seen.startswith("POST /broker/export/") for seen in proxy.seen) == 1
     done = setup.run("run")
     assert done.returncode == 0, done.stderr
     assert setup.remote_files() == expected_files([request_id])
-    assert sum("filtered" in seen for seen in proxy.seen) == 3
+
+
+def test_an_export_without_an_answer_is_not_sent_again_and_no_download_meets_it(
+    setup: Setup, broker_server: BrokerServer, proxy: BrokerProxy
+) -> None:
+    proxied = setup.variant(broker_server.url, proxy.url).read_text().replace("timeout = 60", "timeout = 1")
+    setup.config.write_text(proxied)
+    ids = [broker_server.create_request([setup.tag]) for _ in range(3)]
+    # The broker behind gets the export only after the client gave up on it: it is still exporting.
+    proxy.rules.append(Rule("POST", r"/broker/export/", delay=2.5, times=1))
+    failed = setup.run("run")
+    assert failed.returncode == 69, failed.stderr
+    assert "did not answer the export of request" in one_error_line(failed.stderr)
+    exports = [seen for seen in proxy.seen if seen.startswith("POST /broker/export/")]
+    assert len(exports) == 1, proxy.seen
+    assert not [seen for seen in proxy.seen if seen.startswith("GET /broker/download/")], proxy.seen
+    assert setup.remote_files() == []
+    done = setup.run("run")
+    assert done.returncode == 0, done.stderr
+    assert setup.remote_files() == expected_files(ids)
 
 
 def test_one_failing_export_does_not_stop_the_others(setup: Setup, broker_server: BrokerServer, proxy: BrokerProxy) -> None:

@@ -30,6 +30,15 @@ class Paused:
                 raise AssertionError(f"never reached checkpoint {step!r} (exit {self.process.returncode}): {out}{err}")
             time.sleep(0.02)
 
+    def wait_for(self, threads: int, seconds: float = 30) -> None:
+        """Until `threads` threads wait at the checkpoint (or `seconds` passed)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            text = self.marker.read_text()
+            if text.isdigit() and int(text) >= threads:
+                return
+            time.sleep(0.02)
+
     def release(self) -> float:
         """Lets the command go on; returns when (time.monotonic())."""
         self.marker.unlink()

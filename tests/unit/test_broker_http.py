@@ -144,7 +144,10 @@ def test_a_passing_503_is_retried(canned: CannedBroker) -> None:
             ConfigError, r"redirect \(HTTP 302\) to 'https://elsewhere.example/broker/'; set \[broker\] url",
         ),
         (Answer(200, LISTING, cut=20), UnavailableError, "the listing of tagged requests failed"),
-        (Answer(200, LISTING, delay=1.5), UnavailableError, "did not answer the listing of tagged requests within 0.5 s"),
+        (
+            Answer(200, LISTING, delay=1.5), UnavailableError,
+            "did not answer the listing of tagged requests within \\[broker\\] timeout = 0.5 s",
+        ),
     ],
     ids=["500", "401", "redirect", "truncated", "slow"],
 )
