@@ -20,9 +20,9 @@ from aktin_sftp.crypto import InvalidKeyError, load_key
 from aktin_sftp.errors import ConfigError
 
 try:
-    import tomllib
+    import tomllib  # type: ignore[import-not-found, unused-ignore]
 except ModuleNotFoundError:  # Python 3.10 (Ubuntu 22.04): python3-tomli
-    import tomli as tomllib  # type: ignore[no-redef]
+    import tomli as tomllib  # type: ignore[no-redef, unused-ignore]
 
 DEFAULT_PATH = Path("/etc/aktin/sftp.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/aktin/sftp")

@@ -1,5 +1,6 @@
-"""The broker double answers the fixed conversation exactly as the real AKTIN Broker 1.5.1 did
-when it was recorded (tests/broker_double/recording.json; README says how to refresh it)."""
+"""The broker double answers the fixed conversation exactly as the real AKTIN Broker did when it
+was recorded (tests/broker_double/recording.json, from 1.5.1 and checked against 1.5.2, which
+answers alike but for its version; README says how to refresh it)."""
 
 from __future__ import annotations
 
