@@ -222,6 +222,7 @@ class Remote:
         self.login: _Login = shared.login if shared else _Login(config)
         self.client = self.login.client
         opened = False
+        started = time.monotonic()
         try:
             if shared is None:
                 self.login.connect()
@@ -235,7 +236,9 @@ class Remote:
             opened = True
         except TRANSFER_ERRORS as exc:
             if shared is None:
-                raise _login_error(config, exc, self.login.stalled) from None
+                # paramiko's own login timeouts end in various errors ("No existing session").
+                slow = time.monotonic() - started >= config.timeout
+                raise _login_error(config, exc, self.login.stalled or ("the login" if slow else None)) from None
             raise
         finally:
             if not opened and shared is None:

@@ -53,6 +53,18 @@ class Toxiproxy:
             "name": f"{kind}-{stream}", "type": kind, "stream": stream, "attributes": attributes,
         })
 
+    def enable(self, proxy: str, enabled: bool) -> None:
+        """A disabled proxy refuses new connections and closes those it has."""
+        self._call("POST", f"/proxies/{proxy}", {"enabled": enabled})
+
+    def heal(self, proxy: str) -> None:
+        """The proxy enabled again and without toxics."""
+        answer = self.http.get(f"{self.api}/proxies/{proxy}/toxics", timeout=10)
+        answer.raise_for_status()
+        for toxic in answer.json():
+            self._call("DELETE", f"/proxies/{proxy}/toxics/{toxic['name']}", None)
+        self.enable(proxy, True)
+
     def wan(self, proxy: str) -> None:
         """25 ms each way (a 50 ms round trip) and 100 Mbit/s each way."""
         for stream in ("upstream", "downstream"):

@@ -1,0 +1,207 @@
+"""The network fault matrix: Toxiproxy in front of sshd or the broker breaks the connection in one
+way at one step of a run. Every cell checks what an operator relies on: the exit code, an end
+within three times the timeout involved, no partial file under a final name, nobody else's file
+touched, the lock released, and a next run that ends where an uninterrupted one would have.
+
+Cells that cannot happen are left out: a trickle or a cut during a rename or a removal (one small
+packet each way, which a trickle or cut would hit as it hits any other wait: the stall cell stands
+for them), and a refused connection after the login (the connection already exists).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+
+from tests.conftest import Setup
+from tests.integration.test_delivery import assert_matches_broker, status_entries
+from tests.integration.test_faults import one_error_line
+from tests.peers.broker import BrokerServer
+from tests.peers.pause import Paused
+from tests.peers.sshd import UID, SshServer
+from tests.peers.toxiproxy import Toxiproxy
+
+pytestmark = pytest.mark.heavy
+
+# [sftp] timeout and [broker] timeout in every cell.
+TIMEOUT = 1.0
+# Three times the timeout, and the start and end of a Python process.
+BOUND = 3 * TIMEOUT + 1.5
+BIG = 12 << 20
+THEIRS = {"notes.txt": b"the recipient's own notes", "export_999999999.zip": b"the recipient's own file of that name"}
+
+Fault = Callable[[Toxiproxy, str], None]
+
+
+def both(kind: str, **attributes: int) -> Fault:
+    def apply(toxiproxy: Toxiproxy, proxy: str) -> None:
+        for stream in ("upstream", "downstream"):
+            toxiproxy.toxic(proxy, kind, stream, **attributes)
+
+    return apply
+
+
+def answers(kind: str, **attributes: int) -> Fault:
+    def apply(toxiproxy: Toxiproxy, proxy: str) -> None:
+        toxiproxy.toxic(proxy, kind, "downstream", **attributes)
+
+    return apply
+
+
+FAULTS: dict[str, Fault] = {
+    "refused": lambda toxiproxy, proxy: toxiproxy.enable(proxy, False),
+    # Nothing gets through either way while the connection stays open.
+    "stall": both("timeout", timeout=0),
+    "reset": both("reset_peer", timeout=0),
+    "cut": both("limit_data", bytes=200),
+    "slow-close": both("slow_close", delay=int(3000 * TIMEOUT)),
+    "latency": both("latency", latency=int(2500 * TIMEOUT)),
+    # A byte every 0.2 s: every single read is answered in time, the answer never is.
+    "trickle": answers("slicer", average_size=1, size_variation=0, delay=200_000),
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    side: str
+    phase: str
+    fault: str
+    code: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.side}-{self.phase}-{self.fault}"
+
+
+# Where a run is held to break the connection; None: broken before the run starts.
+STEPS = {
+    ("sftp", "login"): None,
+    ("sftp", "listing"): "sftp:listing",
+    ("sftp", "upload"): "upload:export",
+    ("sftp", "rename"): "rename:export",
+    ("sftp", "status.xml"): "upload:status.xml",
+    ("sftp", "remove"): "sftp:remove",
+    ("broker", "listing"): None,
+    ("broker", "status"): "broker:status",
+    ("broker", "export"): "broker:export",
+    ("broker", "download"): "download",
+}
+
+
+def cells() -> list[Cell]:
+    table = {
+        ("sftp", "login"): {"refused": 69, "stall": 69, "reset": 69, "cut": 69, "latency": 69, "trickle": 69, "slow-close": 0},
+        ("sftp", "listing"): {"stall": 69, "reset": 69, "cut": 69, "latency": 69, "trickle": 69},
+        ("sftp", "upload"): {"stall": 69, "reset": 69, "cut": 69, "latency": 69, "trickle": 69},
+        ("sftp", "rename"): {"stall": 69, "reset": 69, "latency": 69},
+        ("sftp", "status.xml"): {"stall": 69, "reset": 69, "trickle": 69},
+        ("sftp", "remove"): {"stall": 69, "reset": 69},
+        ("broker", "listing"): {
+            "refused": 69, "stall": 69, "reset": 69, "cut": 69, "latency": 69, "trickle": 69, "slow-close": 0,
+        },
+        ("broker", "status"): {"stall": 69, "reset": 69, "latency": 69, "trickle": 69},
+        ("broker", "export"): {"stall": 69, "reset": 69, "latency": 69},
+        # A download cut short leaves that request to the next run; the fault stays, so the next
+        # call to the broker fails the run.
+        ("broker", "download"): {"stall": 69, "reset": 69, "cut": 69, "trickle": 69, "slow-close": 0},
+    }
+    return [Cell(side, phase, fault, code) for (side, phase), faults in table.items() for fault, code in faults.items()]
+
+
+def comparable_state(xml: bytes) -> dict[int, tuple[str, str, bool]]:
+    return {i: (e["completion"], e["fingerprint"], bool(e.get("deleted"))) for i, e in status_entries(xml).items()}
+
+
+def assert_whole(setup: Setup) -> None:
+    """Whatever is under a final name of ours is complete: every token opens, status.xml parses."""
+    for path in setup.folder.iterdir():
+        if path.name.startswith("export_") and path.name not in THEIRS:
+            assert Fernet(setup.key).decrypt(path.read_bytes())[:2] == b"PK", path.name
+        elif path.name == "status.xml":
+            ET.fromstring(path.read_bytes())
+
+
+@pytest.mark.parametrize("cell", cells(), ids=lambda cell: cell.id)
+def test_a_network_fault_at_any_step_ends_in_time_and_loses_nothing(
+    cell: Cell, setup: Setup, broker_server: BrokerServer, ssh_server: SshServer, toxiproxy: Toxiproxy, tmp_path: Path
+) -> None:
+    hospital = broker_server.nodes["Bergklinik"]
+    big = cell.phase in ("upload", "download")
+    ids = [broker_server.create_request([setup.tag]) for _ in range(3 if cell.phase == "upload" else 1)]
+    for request_id in ids:
+        hospital.submit(request_id, os.urandom(BIG) if big else b"a result", "application/octet-stream")
+    gone = broker_server.create_request([setup.tag])
+    for theirs, content in THEIRS.items():
+        (setup.folder / theirs).write_bytes(content)
+        os.chown(setup.folder / theirs, UID, UID)
+    setup.state_dir.mkdir()
+    (setup.state_dir / "operator.txt").write_text("mine")
+    name = f"{cell.side}-{setup.tag}"[:60]
+    port = toxiproxy.proxy(name, ssh_server.port if cell.side == "sftp" else broker_server.port)
+    faulty = setup.config.with_name("faulty.toml")
+    faulty.write_text(setup.config.read_text().replace("timeout = 60", f"timeout = {TIMEOUT:g}").replace(
+        "[sftp]\n", f"[sftp]\ntimeout = {TIMEOUT:g}\n"))
+    faulty.chmod(0o600)
+    if cell.side == "sftp":
+        ssh_server.via_proxy(faulty, port)
+    else:
+        faulty.write_text(faulty.read_text().replace(broker_server.url, f"http://127.0.0.1:{port}"))
+    # The destination is host, port and folder: the runs before and after go through the proxy too.
+    if cell.phase == "remove":
+        assert setup.run("run", config=faulty).returncode == 0
+        broker_server.delete_request(gone)
+    else:
+        ids.append(gone)
+    try:
+        step = STEPS[(cell.side, cell.phase)]
+        if step is None:
+            FAULTS[cell.fault](toxiproxy, name)
+            started = time.monotonic()
+            failed = setup.run("run", config=faulty)
+        else:
+            held = Paused([*setup.command(faulty), "run"], step, tmp_path)
+            if cell.phase == "upload":
+                # Every request's upload under way before the connection breaks.
+                held.wait_for(threads=len(ids) - 1)
+            if cell.phase == "download":
+                # Toxiproxy changes a connection only between two of its writes, and it cannot
+                # write to a reader that is held: the download goes on first, then breaks.
+                started = held.release()
+                FAULTS[cell.fault](toxiproxy, name)
+            else:
+                FAULTS[cell.fault](toxiproxy, name)
+                started = held.release()
+            failed = held.finish()
+        took = time.monotonic() - started
+    finally:
+        toxiproxy.heal(name)
+
+    assert failed.returncode == cell.code, failed.stderr
+    assert took < BOUND, f"took {took:.1f} s: {failed.stderr}"
+    if cell.code:
+        error = one_error_line(failed.stderr)
+        if cell.fault in ("stall", "latency", "trickle"):
+            assert f"[{cell.side}] timeout" in error, error
+    assert_whole(setup)
+    for theirs, content in THEIRS.items():
+        assert (setup.folder / theirs).read_bytes() == content
+    assert (setup.state_dir / "operator.txt").read_text() == "mine"
+
+    again = setup.run("run", config=faulty)
+    toxiproxy.remove(name)
+    assert again.returncode == 0, again.stderr
+    assert setup.remote_files() == sorted([*THEIRS, *(f"export_{i}.zip" for i in ids), "status.xml"])
+    for request_id in ids:
+        assert_matches_broker(setup, broker_server, request_id)
+    state = comparable_state((setup.state_dir / "status.xml").read_bytes())
+    assert sorted(state) == sorted({*ids, gone})
+    assert state.get(gone, ("", "", False))[2] == (cell.phase == "remove")
+    assert comparable_state((setup.folder / "status.xml").read_bytes()) == state
+    assert sorted(p.name for p in setup.state_dir.iterdir()) == ["lock", "operator.txt", "status.xml", "status.xml.prev"]
