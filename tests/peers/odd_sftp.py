@@ -1,6 +1,8 @@
 """A small SFTP server (paramiko's server side) that misbehaves on purpose, for what a real
-OpenSSH sshd never does: fail one write in the middle and accept the rest, fail the close, or
-announce no extensions. It serves one local directory on 127.0.0.1, password login only."""
+OpenSSH sshd does not do when asked: fail one write in the middle and accept the rest, fail the
+close, announce no extensions, drop the connection in the middle of a write, allow fewer sessions
+per login or refuse a further login. It serves one local directory on 127.0.0.1, password login
+only."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import os
 import socket
 import subprocess
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +31,40 @@ class Behaviour:
         self.fail_close = False
         self.announce_posix_rename = False
         self.posix_renames = 0
+        # Once a write at or past this offset arrives, the server reads nothing for a second
+        # (the client's writes fill the SSH window and wait for it), then closes every connection.
+        self.drop_at_write: int | None = None
+        self.drop: Callable[[], None] = lambda: None
+        # OpenSSH's MaxSessions: channels allowed on one login.
+        self.sessions_per_login: int | None = None
+        # Logins accepted; those after are refused.
+        self.logins_allowed: int | None = None
+        self.logins = 0
 
 
 class _Auth(paramiko.ServerInterface):
+    def __init__(self, behaviour: Behaviour) -> None:
+        self.behaviour = behaviour
+        self.sessions = 0
+
     def check_auth_password(self, username: str, password: str) -> int:
-        return AUTH_SUCCESSFUL if (username, password) == (USER, PASSWORD) else AUTH_FAILED
+        if (username, password) != (USER, PASSWORD):
+            return AUTH_FAILED
+        allowed = self.behaviour.logins_allowed
+        if allowed is not None and self.behaviour.logins >= allowed:
+            return AUTH_FAILED
+        self.behaviour.logins += 1
+        return AUTH_SUCCESSFUL
 
     def get_allowed_auths(self, username: str) -> str:
         return "password"
 
     def check_channel_request(self, kind: str, chanid: int) -> int:
-        return OPEN_SUCCEEDED if kind == "session" else OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+        limit = self.behaviour.sessions_per_login
+        if kind != "session" or (limit is not None and self.sessions >= limit):
+            return OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+        self.sessions += 1
+        return OPEN_SUCCEEDED
 
 
 def _local(root: Path, path: str) -> str:
@@ -51,6 +78,12 @@ class _Handle(paramiko.SFTPHandle):
         self.behaviour = behaviour
 
     def write(self, offset: int, data: Any) -> int:
+        drop = self.behaviour.drop_at_write
+        if drop is not None and offset >= drop:
+            self.behaviour.drop_at_write = None
+            time.sleep(1)
+            self.behaviour.drop()
+            return SFTP_FAILURE
         limit = self.behaviour.fail_write_after
         if limit is not None and offset >= limit:
             self.behaviour.fail_write_after = None
@@ -137,6 +170,7 @@ class OddSftpServer:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.behaviour = Behaviour()
+        self.behaviour.drop = self.drop
         self.host_key = paramiko.Ed25519Key.from_private_key_file(self._make_key(root))
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
@@ -160,10 +194,14 @@ class OddSftpServer:
             transport = paramiko.Transport(connection)
             transport.add_server_key(self.host_key)
             transport.set_subsystem_handler("sftp", _subsystem(self.behaviour), _files(self.root, self.behaviour))
-            transport.start_server(server=_Auth())
+            transport.start_server(server=_Auth(self.behaviour))
             self.transports.append(transport)
+
+    def drop(self) -> None:
+        """Every connection closed; new ones are still accepted."""
+        for transport in self.transports:
+            transport.close()
 
     def stop(self) -> None:
         self.listener.close()
-        for transport in self.transports:
-            transport.close()
+        self.drop()
