@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
+from aktin_sftp.sftp import PARTIAL
 from tests.conftest import Setup
 from tests.integration.test_delivery import assert_matches_broker, status_entries
 from tests.integration.test_faults import one_error_line
@@ -128,6 +129,23 @@ def assert_whole(setup: Setup) -> None:
             ET.fromstring(path.read_bytes())
 
 
+def through_proxy(
+    side: str, setup: Setup, broker_server: BrokerServer, ssh_server: SshServer, toxiproxy: Toxiproxy
+) -> tuple[str, Path]:
+    """A proxy in front of the `side` server, and a config with TIMEOUT that reaches it through it."""
+    name = f"{side}-{setup.tag}"[:60]
+    port = toxiproxy.proxy(name, ssh_server.port if side == "sftp" else broker_server.port)
+    faulty = setup.config.with_name("faulty.toml")
+    faulty.write_text(setup.config.read_text().replace("timeout = 60", f"timeout = {TIMEOUT:g}").replace(
+        "[sftp]\n", f"[sftp]\ntimeout = {TIMEOUT:g}\n"))
+    faulty.chmod(0o600)
+    if side == "sftp":
+        ssh_server.via_proxy(faulty, port)
+    else:
+        faulty.write_text(faulty.read_text().replace(broker_server.url, f"http://127.0.0.1:{port}"))
+    return name, faulty
+
+
 @pytest.mark.parametrize("cell", cells(), ids=lambda cell: cell.id)
 def test_a_network_fault_at_any_step_ends_in_time_and_loses_nothing(
     cell: Cell, setup: Setup, broker_server: BrokerServer, ssh_server: SshServer, toxiproxy: Toxiproxy, tmp_path: Path
@@ -143,16 +161,7 @@ def test_a_network_fault_at_any_step_ends_in_time_and_loses_nothing(
         os.chown(setup.folder / theirs, UID, UID)
     setup.state_dir.mkdir()
     (setup.state_dir / "operator.txt").write_text("mine")
-    name = f"{cell.side}-{setup.tag}"[:60]
-    port = toxiproxy.proxy(name, ssh_server.port if cell.side == "sftp" else broker_server.port)
-    faulty = setup.config.with_name("faulty.toml")
-    faulty.write_text(setup.config.read_text().replace("timeout = 60", f"timeout = {TIMEOUT:g}").replace(
-        "[sftp]\n", f"[sftp]\ntimeout = {TIMEOUT:g}\n"))
-    faulty.chmod(0o600)
-    if cell.side == "sftp":
-        ssh_server.via_proxy(faulty, port)
-    else:
-        faulty.write_text(faulty.read_text().replace(broker_server.url, f"http://127.0.0.1:{port}"))
+    name, faulty = through_proxy(cell.side, setup, broker_server, ssh_server, toxiproxy)
     # The destination is host, port and folder: the runs before and after go through the proxy too.
     if cell.phase == "remove":
         assert setup.run("run", config=faulty).returncode == 0
@@ -205,3 +214,67 @@ def test_a_network_fault_at_any_step_ends_in_time_and_loses_nothing(
     assert state.get(gone, ("", "", False))[2] == (cell.phase == "remove")
     assert comparable_state((setup.folder / "status.xml").read_bytes()) == state
     assert sorted(p.name for p in setup.state_dir.iterdir()) == ["lock", "operator.txt", "status.xml", "status.xml.prev"]
+
+
+# The commands an operator runs by hand, each held where it waits on the peer (None: the peer
+# stalls before the command starts).
+BY_HAND = [
+    (["check"], "broker", None),
+    (["check"], "sftp", "sftp:listing"),
+    (["verify"], "sftp", "sftp:listing"),
+    (["verify", "--deep"], "sftp", "sftp:download"),
+    (["redeliver", "--now"], "sftp", "upload:export"),
+    (["redeliver", "--now"], "broker", "broker:export"),
+]
+
+
+@pytest.mark.parametrize(("command", "side", "step"), BY_HAND, ids=lambda v: " ".join(v) if isinstance(v, list) else v)
+@pytest.mark.parametrize("fault", ["stall", "trickle"])
+def test_a_command_run_by_hand_ends_in_time_when_a_peer_stops_answering(
+    command: list[str], side: str, step: str | None, fault: str,
+    setup: Setup, broker_server: BrokerServer, ssh_server: SshServer, toxiproxy: Toxiproxy, tmp_path: Path,
+) -> None:
+    request_id = broker_server.create_request([setup.tag])
+    broker_server.nodes["Bergklinik"].submit(request_id, os.urandom(256 << 10), "application/octet-stream")
+    name, faulty = through_proxy(side, setup, broker_server, ssh_server, toxiproxy)
+    assert setup.run("run", config=faulty).returncode == 0
+    delivered = (setup.folder / f"export_{request_id}.zip").read_bytes()
+    state = (setup.state_dir / "status.xml").read_bytes()
+    if command[0] == "redeliver":
+        command = [*command, str(request_id)]
+    try:
+        if step is None:
+            FAULTS[fault](toxiproxy, name)
+            started = time.monotonic()
+            failed = setup.run(*command, config=faulty)
+        else:
+            held = Paused([*setup.command(faulty), *command], step, tmp_path)
+            FAULTS[fault](toxiproxy, name)
+            started = held.release()
+            failed = held.finish()
+        took = time.monotonic() - started
+    finally:
+        toxiproxy.heal(name)
+
+    assert failed.returncode == 69, failed.stderr
+    assert took < BOUND, f"took {took:.1f} s: {failed.stderr}"
+    assert f"[{side}] timeout" in one_error_line(failed.stderr)
+    assert (setup.folder / f"export_{request_id}.zip").read_bytes() == delivered
+    # An upload cut short leaves only its temporary name, which the next run removes.
+    assert [n for n in setup.remote_files() if not PARTIAL.fullmatch(n)] == [f"export_{request_id}.zip", "status.xml"]
+    # No work file left (verify --deep downloads into the state directory).
+    assert {p.name for p in setup.state_dir.iterdir()} - {"status.xml.prev"} == {"lock", "status.xml"}
+    if command[0] == "redeliver":
+        # Queued, not yet delivered: the next run, not held by any lock, delivers it again.
+        again = setup.run("run", config=faulty)
+        assert again.returncode == 0, again.stderr
+        redelivered = setup.folder.joinpath(f"export_{request_id}.zip").read_bytes()
+        # A new token (Fernet's IV is random) of a new export of the same result.
+        assert redelivered != delivered
+        assert_matches_broker(setup, broker_server, request_id)
+        assert setup.remote_files() == [f"export_{request_id}.zip", "status.xml"]
+    else:
+        assert (setup.state_dir / "status.xml").read_bytes() == state
+        again = setup.run(*command, config=faulty)
+        assert again.returncode == 0, again.stderr
+    toxiproxy.remove(name)
