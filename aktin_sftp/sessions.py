@@ -84,8 +84,26 @@ class _Connection(HTTPConnection):
 
 
 class _TlsConnection(HTTPSConnection):
+    """Wrapping the socket in TLS detaches the one `_new_conn` made, and shutting that one down
+    then reaches nothing: the handshake is watched through a duplicate of it, and the call
+    after it through the TLS socket itself."""
+
     def _new_conn(self) -> socket.socket:
-        return _opened(super()._new_conn())
+        sock = super()._new_conn()
+        self.handshaking = sock.dup()
+        _opened(self.handshaking)
+        return sock
+
+    def connect(self) -> None:
+        try:
+            super().connect()
+        finally:
+            # The duplicate would keep the connection open after urllib3 closed it.
+            handshaking: socket.socket | None = getattr(self, "handshaking", None)
+            if handshaking is not None:
+                handshaking.close()
+                self.handshaking = None
+        _opened(self.sock)
 
 
 class _Pool(HTTPConnectionPool):
@@ -135,16 +153,28 @@ class Streamed:
         self.watch = watch
         self.status_code = response.status_code
         self.headers = response.headers
+        # The answer has begun: its first CHUNK has a timeout of its own.
+        watch.moved()
 
     def chunks(self) -> Iterator[bytes]:
+        stalled = Stalled(f"less than {CHUNK >> 10} KiB arrived within {self.watch.limit:g} s")
+        arrived = 0
         try:
+            # A chunked answer comes in pieces as small as the broker sends them: progress is
+            # counted in bytes, not pieces.
             for chunk in self.response.iter_content(CHUNK):
-                self.watch.moved()
+                arrived += len(chunk)
+                if arrived >= CHUNK:
+                    self.watch.moved()
+                    arrived %= CHUNK
                 yield chunk
         except requests.RequestException:
             if self.watch.expired:
-                raise Stalled(f"less than {CHUNK >> 10} KiB arrived within {self.watch.limit:g} s") from None
+                raise stalled from None
             raise
+        # A cut can also look like the end of an answer that has no Content-Length.
+        if self.watch.expired:
+            raise stalled
 
 
 class Sessions:

@@ -82,7 +82,9 @@ def cut(sock: socket.socket | None) -> None:
     if sock is None:
         return
     try:
-        sock.shutdown(socket.SHUT_RDWR)
+        # Past TLS to the TCP connection underneath (ssl.SSLSocket.shutdown would first drop
+        # the TLS state that a blocked read is using).
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
     except OSError:
         # Already shut or never connected: nothing is waiting on it any more.
         pass

@@ -33,6 +33,9 @@ class Answer:
     cut: int | None = None
     delay: float = 0.0
     hang_up: bool = False
+    # Seconds between single bytes of the body; with `chunked`, each byte an HTTP chunk of its own.
+    trickle: float = 0.0
+    chunked: bool = False
 
 
 @dataclass
@@ -69,11 +72,26 @@ class CannedBroker:
                 self.send_response(answer.status)
                 for key, value in answer.headers:
                     self.send_header(key, value)
-                self.send_header("Content-Length", str(len(answer.body)))
+                if answer.chunked:
+                    self.send_header("Transfer-Encoding", "chunked")
+                else:
+                    self.send_header("Content-Length", str(len(answer.body)))
                 self.end_headers()
+                if answer.trickle:
+                    self.trickle(answer)
+                    return
                 self.wfile.write(answer.body[: answer.cut])
                 # Closed without saying so (no Connection: close), as after an idle timeout.
                 if answer.cut is not None or answer.hang_up:
+                    self.close_connection = True
+
+            def trickle(self, answer: Answer) -> None:
+                try:
+                    for byte in answer.body:
+                        self.wfile.write(b"1\r\n%c\r\n" % byte if answer.chunked else bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(answer.trickle)
+                except OSError:
                     self.close_connection = True
 
             do_GET = do_POST = answer
@@ -240,5 +258,24 @@ def test_tls_is_verified_against_the_configured_ca_only(certificate: tuple[Path,
         assert server.seen == []
         with Broker(settings(server.url, ca_bundle=certificate[0])) as broker:
             assert broker.tagged_request_ids("rki") == [1, 2]
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_an_answer_trickling_below_64_kib_per_timeout_is_cut(
+    tls: bool, chunked: bool, certificate: tuple[Path, Path]
+) -> None:
+    server = CannedBroker(tls=certificate if tls else None)
+    try:
+        # 12 s of answer if nothing cut it.
+        server.answers["/broker/request/filtered"] = [Answer(body=LISTING + b" " * 140, trickle=0.05, chunked=chunked)]
+        started = time.monotonic()
+        with Broker(settings(server.url, timeout=1, ca_bundle=certificate[0] if tls else None)) as broker, pytest.raises(
+            UnavailableError, match=r"within \[broker\] timeout = 1 s"
+        ):
+            broker.tagged_request_ids("rki")
+        assert time.monotonic() - started < 3
     finally:
         server.stop()
