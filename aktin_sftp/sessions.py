@@ -88,6 +88,8 @@ class _TlsConnection(HTTPSConnection):
     then reaches nothing: the handshake is watched through a duplicate of it, and the call
     after it through the TLS socket itself."""
 
+    handshaking: socket.socket | None = None
+
     def _new_conn(self) -> socket.socket:
         sock = super()._new_conn()
         self.handshaking = sock.dup()
@@ -99,9 +101,8 @@ class _TlsConnection(HTTPSConnection):
             super().connect()
         finally:
             # The duplicate would keep the connection open after urllib3 closed it.
-            handshaking: socket.socket | None = getattr(self, "handshaking", None)
-            if handshaking is not None:
-                handshaking.close()
+            if self.handshaking is not None:
+                self.handshaking.close()
                 self.handshaking = None
         _opened(self.sock)
 
