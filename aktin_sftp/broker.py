@@ -21,7 +21,7 @@ from aktin_sftp import xmlsafe
 from aktin_sftp.config import BrokerConfig
 from aktin_sftp.errors import ConfigError, SyncError, UnavailableError
 from aktin_sftp.faults import checkpoint
-from aktin_sftp.sessions import CHUNK, Answer, Sessions, Stalled, Streamed, TooLarge
+from aktin_sftp.sessions import CHUNK, RETRY_STATUSES, Answer, Sessions, Stalled, Streamed, TooLarge
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,10 @@ GONE = (404, 406)
 
 class RequestFailed(SyncError):
     """The broker failed for one request; the others can still be delivered."""
+
+
+class GatewayFailed(RequestFailed):
+    """A proxy in front of the broker answered 502, 503 or 504: it may have passed the call on."""
 
 
 @dataclass(frozen=True)
@@ -128,10 +132,11 @@ class Broker:
         # its table of downloads (a Hashtable) on every download while an export adds to it, and
         # answers HTTP 500 when the two meet. Exports are quick; the uploads are what take long.
         self.exporting = threading.Lock()
-        # An export that was sent but got no answer (timed out, connection lost) may still be
-        # running on the broker, so releasing the lock would not keep the next download from
-        # meeting it. The export POST is never re-sent (sessions.REPEATABLE), and once one is
-        # unsettled no further export or download starts in this run: the next run does them.
+        # An export that was sent but got no answer (timed out, connection lost, or a gateway
+        # error from a proxy in front of the broker) may still be running on the broker, so
+        # releasing the lock would not keep the next download from meeting it. The export POST
+        # is never re-sent (sessions.REPEATABLE), and once one is unsettled no further export or
+        # download starts in this run: the next run does them.
         self.unsettled: int | None = None
 
     def close(self) -> None:
@@ -190,7 +195,7 @@ class Broker:
             if self.unsettled is not None:
                 raise RequestFailed(
                     f"request {request_id} was not exported in this run: the broker may still be building the "
-                    f"bundle of request {self.unsettled}, whose export got no answer"
+                    f"bundle of request {self.unsettled}, whose export got no answer from it"
                 )
             return self._export(request_id, target)
 
@@ -201,7 +206,7 @@ class Broker:
             answer = self._call(
                 "POST", f"/broker/export/request-bundle/{request_id}", what, accept="text/plain", per_request=True
             )
-        except UnavailableError:
+        except (UnavailableError, GatewayFailed):
             self.unsettled = request_id
             raise
         token = answer.body.decode("utf-8", "replace").strip()
@@ -285,7 +290,7 @@ class Broker:
                 "check [broker] url (the server root, for instance http://localhost:8080)"
             )
         if status >= 400 and status not in gone:
-            error = RequestFailed if per_request else UnavailableError
+            error = (GatewayFailed if status in RETRY_STATUSES else RequestFailed) if per_request else UnavailableError
             raise error(f"broker answered {what} with HTTP {status}")
 
     def _stalled(self, what: str, trickle: bool = True) -> UnavailableError:

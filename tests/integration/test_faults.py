@@ -127,6 +127,27 @@ def test_an_export_without_an_answer_is_not_sent_again_and_no_download_meets_it(
     assert setup.remote_files() == expected_files(ids)
 
 
+@pytest.mark.parametrize("status", [502, 504])
+def test_an_export_a_gateway_failed_is_not_met_by_another_export_or_download(
+    setup: Setup, broker_server: BrokerServer, proxy: BrokerProxy, status: int
+) -> None:
+    """A proxy in front of the broker that answers 502 or 504 may have passed the export on: the
+    broker may still be building that bundle."""
+    setup.config.write_text(setup.variant(broker_server.url, proxy.url).read_text())
+    ids = [broker_server.create_request([setup.tag]) for _ in range(3)]
+    proxy.rules.append(Rule("POST", r"/broker/export/", status=status, times=1))
+    failed = setup.run("run")
+    assert failed.returncode == 1, failed.stderr
+    assert f"with HTTP {status}" in failed.stderr
+    assert "was not exported in this run: the broker may still be building the bundle" in failed.stderr
+    assert len([seen for seen in proxy.seen if seen.startswith("POST /broker/export/")]) == 1, proxy.seen
+    assert not [seen for seen in proxy.seen if seen.startswith("GET /broker/download/")], proxy.seen
+    assert setup.remote_files() == ["status.xml"]
+    done = setup.run("run")
+    assert done.returncode == 0, done.stderr
+    assert setup.remote_files() == expected_files(ids)
+
+
 def test_one_failing_export_does_not_stop_the_others(setup: Setup, broker_server: BrokerServer, proxy: BrokerProxy) -> None:
     setup.config.write_text(setup.variant(broker_server.url, proxy.url).read_text())
     ids = [broker_server.create_request([setup.tag]) for _ in range(3)]
