@@ -19,7 +19,7 @@ from urllib3.exceptions import MaxRetryError, NewConnectionError, ReadTimeoutErr
 
 from aktin_sftp import xmlsafe
 from aktin_sftp.config import BrokerConfig
-from aktin_sftp.errors import ConfigError, SyncError, UnavailableError
+from aktin_sftp.errors import Cancelled, ConfigError, SyncError, UnavailableError
 from aktin_sftp.faults import checkpoint
 from aktin_sftp.sessions import CHUNK, RETRY_STATUSES, Answer, Sessions, Stalled, Streamed, TooLarge
 
@@ -189,9 +189,12 @@ class Broker:
         answer = self._call("GET", f"/broker/request/{request_id}/status", what, per_request=True)
         return parse_statuses(parse_xml(answer.body, what), request_id)
 
-    def export(self, request_id: int, target: Path) -> int:
-        """Has the broker build the request's bundle and streams it into `target`."""
+    def export(self, request_id: int, target: Path, cancelled: threading.Event) -> int:
+        """Has the broker build the request's bundle and streams it into `target`, unless the
+        run has failed (`cancelled`) by the time the one-at-a-time lock comes to it."""
         with self.exporting:
+            if cancelled.is_set():
+                raise Cancelled(request_id)
             if self.unsettled is not None:
                 raise RequestFailed(
                     f"request {request_id} was not exported in this run: the broker may still be building the "

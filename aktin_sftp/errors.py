@@ -23,5 +23,9 @@ class UnavailableError(SyncError):
     exit_code = EX_UNAVAILABLE
 
 
+class Cancelled(Exception):
+    """A delivery whose turn came after the run had already failed; it was not started."""
+
+
 class LockedError(SyncError):
     exit_code = EX_TEMPFAIL

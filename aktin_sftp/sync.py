@@ -18,7 +18,7 @@ from pathlib import Path
 from aktin_sftp import crypto, events, progress
 from aktin_sftp.broker import Broker, RequestFailed
 from aktin_sftp.config import DEFAULT_STATE_DIR, Config, SftpConfig
-from aktin_sftp.errors import ConfigError, SyncError
+from aktin_sftp.errors import Cancelled, ConfigError, SyncError
 from aktin_sftp.faults import checkpoint
 from aktin_sftp.files import Hashing, open_private
 from aktin_sftp.lock import exclusive
@@ -125,15 +125,16 @@ def observe(broker: Broker, tag: str) -> tuple[dict[int, Observed], dict[int, Re
 
 
 def deliver(
-    broker: Broker, remote: Remote, key: bytes, target: Target, work: Path, request_id: int, show_progress: bool = True
+    broker: Broker, remote: Remote, key: bytes, target: Target, work: Path, request_id: int,
+    cancelled: threading.Event, show_progress: bool = True,
 ) -> Copy:
     """Export, download, encrypt and upload one request's bundle; returns what was uploaded.
     Each step streams through files in `work` (the state directory), so memory stays flat
-    whatever the size."""
+    whatever the size. Once the run has failed (`cancelled`), no export starts (Cancelled)."""
     plain = work / f"{WORK_PREFIX}{result_name(request_id)}.download"
     token = work / f"{WORK_PREFIX}{result_name(request_id)}.fernet"
     try:
-        broker.export(request_id, plain)
+        broker.export(request_id, plain, cancelled)
         with open(plain, "rb") as source, open_private(token) as handle:
             hashing = Hashing(handle)
             crypto.encrypt_stream(key, source, hashing)
@@ -169,8 +170,8 @@ class _Delivery:
     def deliver_all(self, due: tuple[tuple[int, Reason], ...], observed: dict[int, Observed]) -> None:
         """Up to `[sftp] parallel` requests at a time, each on an SFTP channel of its own: one
         request's export and download overlap another's encryption and upload. A failure that
-        ends the run (the connection lost, say) lets the deliveries under way finish and starts
-        no more; it is raised once they are done."""
+        ends the run (the connection lost, say) lets the deliveries under way finish, and no
+        request's export starts after it; it is raised once they are done."""
         workers = min(self.parallel, len(due))
         if workers == 0:
             return
@@ -190,7 +191,9 @@ class _Delivery:
                 return
             channel = channels.get()
             try:
-                self._deliver_one(channel, request_id, reason, observed[request_id], workers == 1)
+                self._deliver_one(channel, request_id, reason, observed[request_id], stop, workers == 1)
+            except Cancelled:
+                return
             except BaseException:
                 stop.set()
                 raise
@@ -205,10 +208,13 @@ class _Delivery:
             if failure is not None:
                 raise failure
 
-    def _deliver_one(self, channel: Remote, request_id: int, reason: Reason, request: Observed, show_progress: bool) -> None:
+    def _deliver_one(
+        self, channel: Remote, request_id: int, reason: Reason, request: Observed, cancelled: threading.Event,
+        show_progress: bool,
+    ) -> None:
         started = time.monotonic()
         try:
-            copy = deliver(self.broker, channel, self.key, self.target, self.work, request_id, show_progress)
+            copy = deliver(self.broker, channel, self.key, self.target, self.work, request_id, cancelled, show_progress)
         except RequestFailed as exc:
             log.warning("request %d not delivered, the next run tries again: %s", request_id, exc,
                         extra={"REQUEST_ID": request_id})

@@ -25,6 +25,7 @@ from tests.conftest import Setup
 from tests.integration.test_delivery import assert_matches_broker, status_entries
 from tests.integration.test_faults import one_error_line
 from tests.peers.broker import BrokerServer
+from tests.peers.faults import BrokerProxy, Rule
 from tests.peers.pause import Paused
 from tests.peers.sshd import UID, SshServer
 from tests.peers.toxiproxy import Toxiproxy
@@ -277,4 +278,40 @@ def test_a_command_run_by_hand_ends_in_time_when_a_peer_stops_answering(
         assert (setup.state_dir / "status.xml").read_bytes() == state
         again = setup.run(*command, config=faulty)
         assert again.returncode == 0, again.stderr
+    toxiproxy.remove(name)
+
+
+def test_after_the_sftp_server_stalls_no_export_starts_that_could_not_be_uploaded(
+    setup: Setup, broker_server: BrokerServer, ssh_server: SshServer, toxiproxy: Toxiproxy, tmp_path: Path
+) -> None:
+    """Deliveries waiting for their turn at the broker when the upload of another stalls do not
+    export, download and encrypt bundles that can no longer be uploaded."""
+    ids = [broker_server.create_request([setup.tag]) for _ in range(8)]
+    for request_id in ids:
+        broker_server.nodes["Bergklinik"].submit(request_id, b"a result")
+    broker = BrokerProxy(broker_server.port)
+    try:
+        # Each export takes its time on the broker, so most are still waiting when the stall hits.
+        broker.rules.append(Rule("POST", r"/broker/export/", delay=0.4))
+        name, faulty = through_proxy("sftp", setup, broker_server, ssh_server, toxiproxy)
+        faulty.write_text(faulty.read_text().replace(broker_server.url, broker.url).replace(
+            "[sftp]\n", "[sftp]\nparallel = 8\n"))
+        held = Paused([*setup.command(faulty), "run"], "upload:export", tmp_path)
+        FAULTS["stall"](toxiproxy, name)
+        started = held.release()
+        failed = held.finish()
+        took = time.monotonic() - started
+        toxiproxy.heal(name)
+        assert failed.returncode == 69, failed.stderr
+        assert "[sftp] timeout" in one_error_line(failed.stderr)
+        exports = [seen for seen in broker.seen if seen.startswith("POST /broker/export/")]
+        # The one held at its upload, those exported while its upload stalled (about one
+        # timeout), and none after.
+        assert len(exports) <= 2 + TIMEOUT / 0.4, (exports, failed.stderr)
+        assert took < BOUND, f"took {took:.1f} s: {failed.stderr}"
+        again = setup.run("run", config=faulty)
+        assert again.returncode == 0, again.stderr
+        assert setup.remote_files() == sorted([*(f"export_{i}.zip" for i in ids), "status.xml"])
+    finally:
+        broker.stop()
     toxiproxy.remove(name)

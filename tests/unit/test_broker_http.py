@@ -5,6 +5,7 @@ Debian 12's urllib3 1.26; the real broker is in the integration tests."""
 from __future__ import annotations
 
 import io
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -224,7 +225,7 @@ def test_a_failed_download_leaves_a_clear_reason(
     canned.answers["/broker/export/request-bundle/3"] = [Answer(body=b"0b6c-uuid\n")]
     canned.answers["/broker/download/0b6c-uuid"] = [download]
     with Broker(settings(canned.url)) as broker, pytest.raises(RequestFailed, match=message):
-        broker.export(3, tmp_path / "export_3.zip")
+        broker.export(3, tmp_path / "export_3.zip", threading.Event())
 
 
 def test_a_bundle_larger_than_a_read_is_downloaded_whole_and_the_pool_keeps_working(
@@ -236,7 +237,7 @@ def test_a_bundle_larger_than_a_read_is_downloaded_whole_and_the_pool_keeps_work
     canned.answers["/broker/request/3/status"] = [Answer(body=status_list(1))]
     target = tmp_path / "export_3.zip"
     with Broker(settings(canned.url)) as broker:
-        assert broker.export(3, target) == len(data)
+        assert broker.export(3, target, threading.Event()) == len(data)
         assert [s.node for s in broker.node_statuses(3)] == [1]
     assert target.read_bytes() == data
     assert [seen.method for seen in canned.seen] == ["POST", "GET", "GET"]
