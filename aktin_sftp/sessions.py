@@ -24,6 +24,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
 from urllib3.util.retry import Retry
 
 from aktin_sftp.watchdog import Watch, Watchdog, cut
@@ -123,11 +124,25 @@ class _Adapter(HTTPAdapter):
         self.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _TlsPool}
 
 
+class _Retry(Retry):
+    """A connect that timed out is not tried again: it has waited a whole timeout already, and
+    three more would hold the call four times as long. (urllib3's NewConnectionError, a refused
+    or unroutable connect, derives from ConnectTimeoutError; that one is tried again.)"""
+
+    def increment(
+        self, method: str | None = None, url: str | None = None, response: Any = None, error: Exception | None = None,
+        _pool: Any = None, _stacktrace: Any = None,
+    ) -> _Retry:
+        if isinstance(error, ConnectTimeoutError) and not isinstance(error, NewConnectionError):
+            raise MaxRetryError(_pool, url, error)
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
 def retry_policy() -> Retry:
-    return Retry(
+    return _Retry(
         total=None,
-        # A failed connect (nothing was sent) three more times after 0, 1 and 2 s; so is a
-        # 502/503/504 to a call that may be repeated.
+        # A failed connect (nothing was sent) three more times after 0, 1 and 2 s, unless it
+        # timed out (_Retry); so is a 502/503/504 to a call that may be repeated.
         connect=3,
         status=3,
         status_forcelist=RETRY_STATUSES,

@@ -195,9 +195,13 @@ class _Login:
             if transport is None or not transport.is_active():
                 return
             if not self.watchdog.busy():
-                with self.waiting("a keepalive"):
-                    # Any server answers an unknown global request with a failure: that is the reply.
-                    transport.global_request("keepalive@openssh.com", wait=True)
+                try:
+                    with self.waiting("a keepalive"):
+                        # Any server answers an unknown global request with a failure: that is the reply.
+                        transport.global_request("keepalive@openssh.com", wait=True)
+                except TRANSFER_ERRORS:
+                    # The connection went down under it; the next wait on it says so.
+                    return
 
     def close(self) -> None:
         self.closing.set()

@@ -11,6 +11,7 @@ for them), and a refused connection after the login (the connection already exis
 from __future__ import annotations
 
 import os
+import socket
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -136,6 +137,11 @@ def through_proxy(
     """A proxy in front of the `side` server, and a config with TIMEOUT that reaches it through it."""
     name = f"{side}-{setup.tag}"[:60]
     port = toxiproxy.proxy(name, ssh_server.port if side == "sftp" else broker_server.port)
+    return name, reaching(side, port, setup, broker_server, ssh_server)
+
+
+def reaching(side: str, port: int, setup: Setup, broker_server: BrokerServer, ssh_server: SshServer) -> Path:
+    """The test's config with TIMEOUT, reaching the `side` server at `port`."""
     faulty = setup.config.with_name("faulty.toml")
     faulty.write_text(setup.config.read_text().replace("timeout = 60", f"timeout = {TIMEOUT:g}").replace(
         "[sftp]\n", f"[sftp]\ntimeout = {TIMEOUT:g}\n"))
@@ -144,7 +150,7 @@ def through_proxy(
         ssh_server.via_proxy(faulty, port)
     else:
         faulty.write_text(faulty.read_text().replace(broker_server.url, f"http://127.0.0.1:{port}"))
-    return name, faulty
+    return faulty
 
 
 @pytest.mark.parametrize("cell", cells(), ids=lambda cell: cell.id)
@@ -315,3 +321,23 @@ def test_after_the_sftp_server_stalls_no_export_starts_that_could_not_be_uploade
     finally:
         broker.stop()
     toxiproxy.remove(name)
+
+
+@pytest.mark.parametrize("side", ["broker", "sftp"])
+def test_a_connect_nobody_answers_ends_in_time(
+    side: str, setup: Setup, broker_server: BrokerServer, ssh_server: SshServer
+) -> None:
+    """A listener whose queue is full drops every further SYN, as a firewall that drops does:
+    each connect waits its whole timeout, so none is tried again."""
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        port = full.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)):
+            config = reaching(side, port, setup, broker_server, ssh_server)
+            started = time.monotonic()
+            failed = setup.run("run", config=config)
+            took = time.monotonic() - started
+    assert failed.returncode == 69, failed.stderr
+    assert took < BOUND, f"took {took:.1f} s: {failed.stderr}"
+    assert f"[{side}] timeout" in one_error_line(failed.stderr)
