@@ -3,9 +3,12 @@ way at one step of a run. Every cell checks what an operator relies on: the exit
 within three times the timeout involved, no partial file under a final name, nobody else's file
 touched, the lock released, and a next run that ends where an uninterrupted one would have.
 
-Cells that cannot happen are left out: a trickle or a cut during a rename or a removal (one small
-packet each way, which a trickle or cut would hit as it hits any other wait: the stall cell stands
-for them), and a refused connection after the login (the connection already exists).
+Cells left out, and why:
+- a refused connection after the login or the broker's first call: the connection exists already;
+- a trickle or a cut during a rename or a removal: one small packet each way, which a trickle or
+  a cut hits as it hits any other wait; the stall cell stands for them;
+- a slow close anywhere but at the login, the broker listing and the download: it acts only when
+  a connection ends, which is the same whichever step came before; those cells stand for it.
 """
 
 from __future__ import annotations
@@ -104,13 +107,13 @@ def cells() -> list[Cell]:
         ("sftp", "listing"): {"stall": 69, "reset": 69, "cut": 69, "latency": 69, "trickle": 69},
         ("sftp", "upload"): {"stall": 69, "reset": 69, "cut": 69, "latency": 69, "trickle": 69},
         ("sftp", "rename"): {"stall": 69, "reset": 69, "latency": 69},
-        ("sftp", "status.xml"): {"stall": 69, "reset": 69, "trickle": 69},
-        ("sftp", "remove"): {"stall": 69, "reset": 69},
+        ("sftp", "status.xml"): {"stall": 69, "reset": 69, "cut": 69, "latency": 69, "trickle": 69},
+        ("sftp", "remove"): {"stall": 69, "reset": 69, "latency": 69},
         ("broker", "listing"): {
             "refused": 69, "stall": 69, "reset": 69, "cut": 69, "latency": 69, "trickle": 69, "slow-close": 0,
         },
-        ("broker", "status"): {"stall": 69, "reset": 69, "latency": 69, "trickle": 69},
-        ("broker", "export"): {"stall": 69, "reset": 69, "latency": 69},
+        ("broker", "status"): {"stall": 69, "reset": 69, "cut": 69, "latency": 69, "trickle": 69},
+        ("broker", "export"): {"stall": 69, "reset": 69, "cut": 69, "latency": 69, "trickle": 69},
         # A download cut short leaves that request to the next run; the fault stays, so the next
         # call to the broker fails the run.
         ("broker", "download"): {"stall": 69, "reset": 69, "cut": 69, "trickle": 69, "slow-close": 0},

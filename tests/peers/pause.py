@@ -31,13 +31,14 @@ class Paused:
             time.sleep(0.02)
 
     def wait_for(self, threads: int, seconds: float = 30) -> None:
-        """Until `threads` threads wait at the checkpoint (or `seconds` passed)."""
+        """Until `threads` threads wait at the checkpoint; an AssertionError after `seconds`."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             text = self.marker.read_text()
             if text.isdigit() and int(text) >= threads:
                 return
             time.sleep(0.02)
+        raise AssertionError(f"{self.marker.read_text() or 'no'} threads at the checkpoint after {seconds} s, not {threads}")
 
     def release(self) -> float:
         """Lets the command go on; returns when (time.monotonic())."""
