@@ -344,3 +344,27 @@ def test_a_connect_nobody_answers_ends_in_time(
     assert failed.returncode == 69, failed.stderr
     assert took < BOUND, f"took {took:.1f} s: {failed.stderr}"
     assert f"[{side}] timeout" in one_error_line(failed.stderr)
+
+
+def test_an_sftp_server_gone_quiet_while_the_run_waits_on_the_broker_is_noticed_by_a_keepalive(
+    setup: Setup, broker_server: BrokerServer, ssh_server: SshServer, toxiproxy: Toxiproxy, tmp_path: Path
+) -> None:
+    request_id = broker_server.create_request([setup.tag])
+    broker_server.nodes["Bergklinik"].submit(request_id, b"a result")
+    name, faulty = through_proxy("sftp", setup, broker_server, ssh_server, toxiproxy)
+    # Logged in and listed, the SFTP connection idles while the export is held.
+    held = Paused([*setup.command(faulty), "run"], "broker:export", tmp_path)
+    FAULTS["stall"](toxiproxy, name)
+    time.sleep(3 * TIMEOUT)
+    started = held.release()
+    failed = held.finish()
+    took = time.monotonic() - started
+    toxiproxy.heal(name)
+    assert failed.returncode == 69, failed.stderr
+    assert "did not answer a keepalive" in one_error_line(failed.stderr)
+    # Already cut while idle: the upload fails at once instead of waiting out a timeout of its own.
+    assert took < TIMEOUT, f"took {took:.1f} s: {failed.stderr}"
+    again = setup.run("run", config=faulty)
+    toxiproxy.remove(name)
+    assert again.returncode == 0, again.stderr
+    assert setup.remote_files() == [f"export_{request_id}.zip", "status.xml"]
