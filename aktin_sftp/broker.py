@@ -311,6 +311,11 @@ class Broker:
             return UnavailableError(
                 f"TLS to the broker at {self.base} failed ({_reason(exc)}); check [broker] ca_bundle"
             )
+        if isinstance(exc, requests.exceptions.ConnectTimeout):
+            return UnavailableError(
+                f"broker at {self.base} did not accept a connection within [broker] timeout = {self.config.timeout:g} s "
+                "(host down, or a firewall dropping the connection?)"
+            )
         if isinstance(exc, requests.exceptions.Timeout) or isinstance(cause, ReadTimeoutError):
             return self._stalled(what, trickle=False)
         if isinstance(cause, NewConnectionError):

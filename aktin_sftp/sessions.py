@@ -76,6 +76,8 @@ def _opened(sock: socket.socket) -> socket.socket:
         link.sock = sock
         if link.watch is not None:
             link.watch.moved()
+            # A cut was of an earlier connection: what this one brings is not a stall.
+            link.watch.expired = False
     return sock
 
 
@@ -193,6 +195,13 @@ class Streamed:
             raise stalled
 
 
+def _never_connected(exc: requests.RequestException) -> bool:
+    """Whether the last try failed to connect: then the watchdog, which may have expired during
+    the retries' back-off, cut nothing of it, and the connect failure itself is the reason."""
+    cause = exc.args[0].reason if exc.args and isinstance(exc.args[0], MaxRetryError) else None
+    return isinstance(cause, ConnectTimeoutError)
+
+
 class Sessions:
     def __init__(self, url: str, timeout: float, ca_bundle: Path | None) -> None:
         self.url = url.rstrip("/")
@@ -234,8 +243,8 @@ class Sessions:
                         method, self.url + path, headers=headers, timeout=self.timeout, verify=self.verify,
                         allow_redirects=False, stream=True,
                     )
-                except requests.RequestException:
-                    if watch.expired:
+                except requests.RequestException as exc:
+                    if watch.expired and not _never_connected(exc):
                         raise Stalled(f"no answer began within {self.timeout:g} s") from None
                     raise
                 with response:

@@ -196,10 +196,23 @@ def test_an_answer_beyond_the_size_limit_is_refused(canned: CannedBroker, monkey
         broker.tagged_request_ids("rki")
 
 
-def test_nobody_listening_is_unreachable() -> None:
+@pytest.mark.parametrize("timeout", [5, 1])
+def test_nobody_listening_is_unreachable(timeout: float) -> None:
+    """Also when the retries' back-off (3 s) outlasts the timeout: nothing was waited for."""
     url = f"http://127.0.0.1:{free_port()}"
-    with Broker(settings(url)) as broker, pytest.raises(UnavailableError, match=f"broker at {url} is unreachable"):
+    with Broker(settings(url, timeout=timeout)) as broker, pytest.raises(
+        UnavailableError, match=f"broker at {url} is unreachable"
+    ):
         broker.tagged_request_ids("rki")
+
+
+def test_a_get_cut_by_the_watchdog_and_answered_when_sent_again_succeeds(canned: CannedBroker) -> None:
+    canned.answers["/broker/request/filtered"] = [Answer(body=LISTING, delay=3), Answer(body=LISTING)]
+    started = time.monotonic()
+    with Broker(settings(canned.url, timeout=1)) as broker:
+        assert broker.tagged_request_ids("rki") == [1, 2]
+    assert len(canned.seen) == 2
+    assert time.monotonic() - started < 3
 
 
 def bundle(size: int) -> bytes:
