@@ -27,7 +27,8 @@ class Watch:
         self.limit = limit
         self.cut = cut
         self.last = time.monotonic()
-        # Whether it was ever cut; it stays watched, as a library may retry on a new connection.
+        # Whether it was cut. It stays watched, as a library may retry on a new connection;
+        # an adapter that sees the new connection clears this.
         self.expired = False
 
     def moved(self) -> None:
