@@ -12,7 +12,7 @@ from pathlib import Path
 
 from aktin_sftp import __version__, audit, config, crypto, events, maintenance, sync
 from aktin_sftp.broker import Broker
-from aktin_sftp.errors import EX_FAILURE, EX_SOFTWARE, ConfigError, SyncError
+from aktin_sftp.errors import EX_FAILURE, EX_SOFTWARE, ConfigError, LockedError, SyncError
 from aktin_sftp.files import open_private
 from aktin_sftp.lock import exclusive
 from aktin_sftp.sftp import Remote
@@ -29,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.command(args)
     except SyncError as exc:
-        log.error("%s", exc, extra={"MESSAGE_ID": events.RUN_FAILED})
+        log.error("%s", exc, extra={"MESSAGE_ID": message_id(exc)})
         return exc.exit_code
     except (crypto.InvalidKeyError, crypto.InvalidTokenError) as exc:
         log.error("%s", exc)
@@ -48,6 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EX_SOFTWARE
     return 0
+
+
+def message_id(exc: SyncError) -> str:
+    """A run that met another one's lock did not fail: monitoring that counts failures by
+    MESSAGE_ID must not count it."""
+    return events.LOCKED if isinstance(exc, LockedError) else events.RUN_FAILED
 
 
 def _parser() -> argparse.ArgumentParser:

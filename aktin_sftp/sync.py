@@ -79,9 +79,9 @@ def run(config: Config, dry_run: bool = False, show: Callable[[str], None] = pri
 def _announce_moves(plan: Plan, entries: dict[int, Entry], target: Target) -> None:
     """A new key or destination re-delivers every file: said once, with the count, rather
     than only in each request's own line."""
-    for reason, what, now_is in (
-        (Reason.KEY_CHANGED, "the encryption key", f"key id {target.key_id}"),
-        (Reason.MOVED, "the SFTP destination", target.destination),
+    for reason, what, now_is, message_id in (
+        (Reason.KEY_CHANGED, "the encryption key", f"key id {target.key_id}", events.KEY_CHANGED),
+        (Reason.MOVED, "the SFTP destination", target.destination, events.DESTINATION_CHANGED),
     ):
         due = [i for i, why in plan.deliver if why is reason]
         if due:
@@ -89,6 +89,7 @@ def _announce_moves(plan: Plan, entries: dict[int, Entry], target: Target) -> No
             log.warning(
                 "%s changed (was %s, now %s): %d delivered files are delivered again; files at the old "
                 "destination are left as they are", what, ", ".join(before), now_is, len(due),
+                extra={"MESSAGE_ID": message_id},
             )
 
 
@@ -117,7 +118,7 @@ def observe(broker: Broker, tag: str) -> tuple[dict[int, Observed], dict[int, Re
     for i, nodes in broker.all_node_statuses(broker.tagged_request_ids(tag)).items():
         if isinstance(nodes, RequestFailed):
             log.warning("request %d: %s; it is neither delivered nor removed in this run", i, nodes,
-                        extra={"REQUEST_ID": i})
+                        extra={"MESSAGE_ID": events.STATUS_UNREADABLE, "REQUEST_ID": i})
             unreadable[i] = nodes
         else:
             observed[i] = Observed(i, fingerprint(nodes), completion(nodes))

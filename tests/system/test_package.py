@@ -114,6 +114,8 @@ def test_unconfigured_run_fails_with_78_and_one_clear_journal_line(system: Conta
     entries = journal(system)
     assert [e["MESSAGE"] for e in entries] == ["/etc/aktin/sftp.toml: [broker] url: missing"]
     assert entries[0]["MESSAGE_ID"] == events.RUN_FAILED and entries[0]["PRIORITY"] == "3"
+    explained = system.run("journalctl", "-x", "-u", "aktin-broker-sftp", "--no-pager").stdout
+    assert "Subject: A delivery run failed" in explained and "78 a configuration error" in " ".join(explained.split())
 
 
 def test_the_unit_tests_pass_on_the_system_python_without_tomllib(system: Container) -> None:
@@ -169,6 +171,8 @@ def test_a_delivery_under_systemd(system: Container, broker_server: BrokerServer
     assert sorted(int(e["REQUEST_ID"]) for e in delivered) == ids
     assert all(e["REMOTE_PATH"].endswith(f"export_{e['REQUEST_ID']}.zip") and int(e["BYTES"]) > 0 for e in delivered)
     assert any(e.get("MESSAGE_ID") == events.RUN_FINISHED for e in entries)
+    explained = system.run("journalctl", "-x", "-u", "aktin-broker-sftp", "--no-pager").stdout
+    assert f"The results of request {ids[0]} were exported from the AKTIN Broker" in " ".join(explained.split())
     text = json.dumps(entries)
     assert ADMIN_KEY not in text and PASSWORD not in text and key.decode() not in text
 
