@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -228,6 +229,29 @@ def test_a_network_fault_at_any_step_ends_in_time_and_loses_nothing(
     assert sorted(p.name for p in setup.state_dir.iterdir()) == ["lock", "operator.txt", "status.xml", "status.xml.prev"]
 
 
+def broken_at(
+    step: str | None, fault: str, command: list[str], config: Path, setup: Setup, toxiproxy: Toxiproxy, proxy: str,
+    tmp_path: Path, idle: float = 0.0,
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    """`command` run with `fault` in `proxy` from `step` on (None: from before its start), `idle`
+    seconds later let go; what it ended with and how long it took from there. The proxy is
+    healed afterwards."""
+    try:
+        if step is None:
+            FAULTS[fault](toxiproxy, proxy)
+            started = time.monotonic()
+            ended = setup.run(*command, config=config)
+        else:
+            held = Paused([*setup.command(config), *command], step, tmp_path)
+            FAULTS[fault](toxiproxy, proxy)
+            time.sleep(idle)
+            started = held.release()
+            ended = held.finish()
+        return ended, time.monotonic() - started
+    finally:
+        toxiproxy.heal(proxy)
+
+
 # The commands an operator runs by hand, each held where it waits on the peer (None: the peer
 # stalls before the command starts).
 BY_HAND = [
@@ -254,20 +278,7 @@ def test_a_command_run_by_hand_ends_in_time_when_a_peer_stops_answering(
     state = (setup.state_dir / "status.xml").read_bytes()
     if command[0] == "redeliver":
         command = [*command, str(request_id)]
-    try:
-        if step is None:
-            FAULTS[fault](toxiproxy, name)
-            started = time.monotonic()
-            failed = setup.run(*command, config=faulty)
-        else:
-            held = Paused([*setup.command(faulty), *command], step, tmp_path)
-            FAULTS[fault](toxiproxy, name)
-            started = held.release()
-            failed = held.finish()
-        took = time.monotonic() - started
-    finally:
-        toxiproxy.heal(name)
-
+    failed, took = broken_at(step, fault, command, faulty, setup, toxiproxy, name, tmp_path)
     assert failed.returncode == 69, failed.stderr
     assert took < BOUND, f"took {took:.1f} s: {failed.stderr}"
     assert f"[{side}] timeout" in one_error_line(failed.stderr)
@@ -307,12 +318,7 @@ def test_after_the_sftp_server_stalls_no_export_starts_that_could_not_be_uploade
         name, faulty = through_proxy("sftp", setup, broker_server, ssh_server, toxiproxy)
         faulty.write_text(faulty.read_text().replace(broker_server.url, broker.url).replace(
             "[sftp]\n", "[sftp]\nparallel = 8\n"))
-        held = Paused([*setup.command(faulty), "run"], "upload:export", tmp_path)
-        FAULTS["stall"](toxiproxy, name)
-        started = held.release()
-        failed = held.finish()
-        took = time.monotonic() - started
-        toxiproxy.heal(name)
+        failed, took = broken_at("upload:export", "stall", ["run"], faulty, setup, toxiproxy, name, tmp_path)
         assert failed.returncode == 69, failed.stderr
         assert "[sftp] timeout" in one_error_line(failed.stderr)
         exports = [seen for seen in broker.seen if seen.startswith("POST /broker/export/")]
@@ -355,13 +361,7 @@ def test_an_sftp_server_gone_quiet_while_the_run_waits_on_the_broker_is_noticed_
     broker_server.nodes["Bergklinik"].submit(request_id, b"a result")
     name, faulty = through_proxy("sftp", setup, broker_server, ssh_server, toxiproxy)
     # Logged in and listed, the SFTP connection idles while the export is held.
-    held = Paused([*setup.command(faulty), "run"], "broker:export", tmp_path)
-    FAULTS["stall"](toxiproxy, name)
-    time.sleep(3 * TIMEOUT)
-    started = held.release()
-    failed = held.finish()
-    took = time.monotonic() - started
-    toxiproxy.heal(name)
+    failed, took = broken_at("broker:export", "stall", ["run"], faulty, setup, toxiproxy, name, tmp_path, idle=3 * TIMEOUT)
     assert failed.returncode == 69, failed.stderr
     assert "did not answer a keepalive" in one_error_line(failed.stderr)
     assert took < BOUND, f"took {took:.1f} s: {failed.stderr}"
