@@ -15,13 +15,13 @@ from pathlib import Path
 from urllib.parse import quote, urlencode
 
 import requests
-from urllib3.exceptions import MaxRetryError, NewConnectionError, ReadTimeoutError
+from urllib3.exceptions import NewConnectionError, ReadTimeoutError
 
 from aktin_sftp import xmlsafe
 from aktin_sftp.config import BrokerConfig
 from aktin_sftp.errors import Cancelled, ConfigError, SyncError, UnavailableError
 from aktin_sftp.faults import checkpoint
-from aktin_sftp.sessions import CHUNK, RETRY_STATUSES, Answer, Sessions, Stalled, Streamed, TooLarge
+from aktin_sftp.sessions import CHUNK, RETRY_STATUSES, Answer, Sessions, Stalled, Streamed, TooLarge, retry_cause
 
 log = logging.getLogger(__name__)
 
@@ -293,8 +293,10 @@ class Broker:
                 "check [broker] url (the server root, for instance http://localhost:8080)"
             )
         if status >= 400 and status not in gone:
-            error = (GatewayFailed if status in RETRY_STATUSES else RequestFailed) if per_request else UnavailableError
-            raise error(f"broker answered {what} with HTTP {status}")
+            message = f"broker answered {what} with HTTP {status}"
+            if not per_request:
+                raise UnavailableError(message)
+            raise GatewayFailed(message) if status in RETRY_STATUSES else RequestFailed(message)
 
     def _stalled(self, what: str, trickle: bool = True) -> UnavailableError:
         slow = f" (or sent less than {CHUNK >> 10} KiB of it in that time)" if trickle else ""
@@ -304,9 +306,7 @@ class Broker:
         )
 
     def _unavailable(self, exc: requests.RequestException, what: str) -> UnavailableError:
-        # requests names a read timeout that outlived its retry a ConnectionError; urllib3's own
-        # reason tells them apart.
-        cause = exc.args[0].reason if exc.args and isinstance(exc.args[0], MaxRetryError) else None
+        cause = retry_cause(exc)
         if isinstance(exc, requests.exceptions.SSLError):
             return UnavailableError(
                 f"TLS to the broker at {self.base} failed ({_reason(exc)}); check [broker] ca_bundle"

@@ -87,26 +87,11 @@ class _Connection(HTTPConnection):
 
 
 class _TlsConnection(HTTPSConnection):
-    """Wrapping the socket in TLS detaches the one `_new_conn` made, and shutting that one down
-    then reaches nothing: the handshake is watched through a duplicate of it, and the call
-    after it through the TLS socket itself."""
-
-    handshaking: socket.socket | None = None
-
-    def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
-        self.handshaking = sock.dup()
-        _opened(self.handshaking)
-        return sock
-
     def connect(self) -> None:
-        try:
-            super().connect()
-        finally:
-            # The duplicate would keep the connection open after urllib3 closed it.
-            if self.handshaking is not None:
-                self.handshaking.close()
-                self.handshaking = None
+        super().connect()
+        # The TLS socket: wrapping detached the one `_new_conn` made, and shutting that one down
+        # would reach nothing. The handshake before needs no cut: Python bounds it as a whole by
+        # the socket's timeout.
         _opened(self.sock)
 
 
@@ -195,11 +180,16 @@ class Streamed:
             raise stalled
 
 
+def retry_cause(exc: requests.RequestException) -> Exception | None:
+    """urllib3's reason for the last try, where requests kept it: requests names a read timeout
+    that outlived its retry, and a connect that failed, both a ConnectionError."""
+    return exc.args[0].reason if exc.args and isinstance(exc.args[0], MaxRetryError) else None
+
+
 def _never_connected(exc: requests.RequestException) -> bool:
     """Whether the last try failed to connect: then the watchdog, which may have expired during
     the retries' back-off, cut nothing of it, and the connect failure itself is the reason."""
-    cause = exc.args[0].reason if exc.args and isinstance(exc.args[0], MaxRetryError) else None
-    return isinstance(cause, ConnectTimeoutError)
+    return isinstance(retry_cause(exc), ConnectTimeoutError)
 
 
 class Sessions:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -334,6 +335,32 @@ def test_tls_to_the_broker_is_verified_with_the_configured_ca(setup: Setup, brok
         assert setup.remote_files() == expected_files([request_id])
     finally:
         proxy.stop()
+
+
+def test_a_tls_handshake_trickling_in_ends_within_the_bound(
+    setup: Setup, broker_server: BrokerServer, toxiproxy: Toxiproxy, tmp_path: Path
+) -> None:
+    """The TLS socket exists only after the handshake, so the watchdog has nothing to cut before:
+    Python's ssl bounds the handshake as a whole by the socket's timeout, and urllib3 tries once more."""
+    cert, key = self_signed(tmp_path)
+    front = BrokerProxy(broker_server.port, tls=(cert, key))
+    name = f"tls-{setup.tag}"[:60]
+    port = toxiproxy.proxy(name, int(front.url.rsplit(":", 1)[1]))
+    try:
+        # One byte every 50 ms: the certificate alone would take a minute.
+        toxiproxy.toxic(name, "slicer", "downstream", average_size=1, size_variation=0, delay=50_000)
+        config = setup.variant(broker_server.url, f"https://127.0.0.1:{port}")
+        config.write_text(config.read_text().replace("timeout = 60", f'timeout = 1\nca_bundle = "{cert}"'))
+        started = time.monotonic()
+        failed = setup.run("check", config=config)
+        took = time.monotonic() - started
+    finally:
+        toxiproxy.remove(name)
+        front.stop()
+    assert failed.returncode == 69, failed.stderr
+    assert "within [broker] timeout = 1 s" in one_error_line(failed.stderr)
+    # The bound of every stall: three times the timeout, and the start and end of a Python process.
+    assert took < 3 * 1 + 1.5, f"took {took:.1f} s: {failed.stderr}"
 
 
 def test_two_runs_at_once_never_both_deliver(setup: Setup, broker_server: BrokerServer) -> None:

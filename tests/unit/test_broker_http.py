@@ -293,3 +293,4 @@ def test_an_answer_trickling_below_64_kib_per_timeout_is_cut(
         assert time.monotonic() - started < 3
     finally:
         server.stop()
+
