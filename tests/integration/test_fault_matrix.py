@@ -157,6 +157,34 @@ def reaching(side: str, port: int, setup: Setup, broker_server: BrokerServer, ss
     return faulty
 
 
+def broken_at(
+    step: str | None, fault: str, command: list[str], config: Path, setup: Setup, toxiproxy: Toxiproxy, proxy: str,
+    tmp_path: Path, idle: float = 0.0, threads: int = 1, late: bool = False,
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    """`command` run with `fault` in `proxy` from `step` on (None: from before its start) once
+    `threads` of it wait there, let go `idle` seconds later (`late`: let go first, broken then);
+    what it ended with, and how long it took from there. The proxy is healed afterwards."""
+    try:
+        if step is None:
+            FAULTS[fault](toxiproxy, proxy)
+            started = time.monotonic()
+            ended = setup.run(*command, config=config)
+        else:
+            held = Paused([*setup.command(config), *command], step, tmp_path)
+            held.wait_for(threads)
+            if late:
+                started = held.release()
+                FAULTS[fault](toxiproxy, proxy)
+            else:
+                FAULTS[fault](toxiproxy, proxy)
+                time.sleep(idle)
+                started = held.release()
+            ended = held.finish()
+        return ended, time.monotonic() - started
+    finally:
+        toxiproxy.heal(proxy)
+
+
 @pytest.mark.parametrize("cell", cells(), ids=lambda cell: cell.id)
 def test_a_network_fault_at_any_step_ends_in_time_and_loses_nothing(
     cell: Cell, setup: Setup, broker_server: BrokerServer, ssh_server: SshServer, toxiproxy: Toxiproxy, tmp_path: Path
@@ -179,29 +207,13 @@ def test_a_network_fault_at_any_step_ends_in_time_and_loses_nothing(
         broker_server.delete_request(gone)
     else:
         ids.append(gone)
-    try:
-        step = STEPS[(cell.side, cell.phase)]
-        if step is None:
-            FAULTS[cell.fault](toxiproxy, name)
-            started = time.monotonic()
-            failed = setup.run("run", config=faulty)
-        else:
-            held = Paused([*setup.command(faulty), "run"], step, tmp_path)
-            if cell.phase == "upload":
-                # Every request's upload under way before the connection breaks.
-                held.wait_for(threads=len(ids) - 1)
-            if cell.phase == "download":
-                # Toxiproxy changes a connection only between two of its writes, and it cannot
-                # write to a reader that is held: the download goes on first, then breaks.
-                started = held.release()
-                FAULTS[cell.fault](toxiproxy, name)
-            else:
-                FAULTS[cell.fault](toxiproxy, name)
-                started = held.release()
-            failed = held.finish()
-        took = time.monotonic() - started
-    finally:
-        toxiproxy.heal(name)
+    # Upload: every request's upload under way before the connection breaks. Download:
+    # Toxiproxy changes a connection only between two of its writes, and it cannot write to a
+    # reader that is held, so the download goes on first, then breaks.
+    failed, took = broken_at(
+        STEPS[(cell.side, cell.phase)], cell.fault, ["run"], faulty, setup, toxiproxy, name, tmp_path,
+        threads=len(ids) - 1 if cell.phase == "upload" else 1, late=cell.phase == "download",
+    )
 
     assert failed.returncode == cell.code, failed.stderr
     assert took < BOUND, f"took {took:.1f} s: {failed.stderr}"
@@ -227,29 +239,6 @@ def test_a_network_fault_at_any_step_ends_in_time_and_loses_nothing(
     assert state.get(gone, ("", "", False))[2] == (cell.phase == "remove")
     assert comparable_state((setup.folder / "status.xml").read_bytes()) == state
     assert sorted(p.name for p in setup.state_dir.iterdir()) == ["lock", "operator.txt", "status.xml", "status.xml.prev"]
-
-
-def broken_at(
-    step: str | None, fault: str, command: list[str], config: Path, setup: Setup, toxiproxy: Toxiproxy, proxy: str,
-    tmp_path: Path, idle: float = 0.0,
-) -> tuple[subprocess.CompletedProcess[str], float]:
-    """`command` run with `fault` in `proxy` from `step` on (None: from before its start), `idle`
-    seconds later let go; what it ended with and how long it took from there. The proxy is
-    healed afterwards."""
-    try:
-        if step is None:
-            FAULTS[fault](toxiproxy, proxy)
-            started = time.monotonic()
-            ended = setup.run(*command, config=config)
-        else:
-            held = Paused([*setup.command(config), *command], step, tmp_path)
-            FAULTS[fault](toxiproxy, proxy)
-            time.sleep(idle)
-            started = held.release()
-            ended = held.finish()
-        return ended, time.monotonic() - started
-    finally:
-        toxiproxy.heal(proxy)
 
 
 # The commands an operator runs by hand, each held where it waits on the peer (None: the peer
