@@ -69,8 +69,8 @@ _here = threading.local()
 
 
 def _opened(sock: socket.socket) -> socket.socket:
-    """Called by urllib3 in the calling thread for every new connection: a new connection (a
-    retry) begins a new wait."""
+    """Called in the calling thread for every new connection, once it can be cut (for TLS, after
+    the handshake, which Python bounds itself): a new connection (a retry) begins a new wait."""
     link: _Link | None = getattr(_here, "link", None)
     if link is not None:
         link.sock = sock

@@ -293,4 +293,3 @@ def test_an_answer_trickling_below_64_kib_per_timeout_is_cut(
         assert time.monotonic() - started < 3
     finally:
         server.stop()
-
