@@ -27,7 +27,7 @@ DEMO_PACKAGES = openssh-server openssh-client openssl python3-venv util-linux
 APT_PACKAGES = $(DEMO_PACKAGES) dpkg-dev debhelper dh-python python3-all pybuild-plugin-pyproject python3-setuptools \
 	python3-wheel lintian debootstrap systemd-container
 
-.PHONY: test floor demo demo-deps bench deb lint unit deps broker-jars broker-recording toxiproxy clean
+.PHONY: test floor demo demo-deps bench deb docs lint unit deps broker-jars broker-recording toxiproxy clean
 
 test: deps $(VENV)/.ready $(FLOOR_READY) broker-jars toxiproxy lint
 	$(VENV)/bin/pytest -ra tests
@@ -41,6 +41,10 @@ floor: $(FLOOR_READY) broker-jars toxiproxy
 lint: $(VENV)/.ready
 	$(VENV)/bin/ruff check aktin_sftp tests
 	$(VENV)/bin/mypy
+
+# The example config, the man page's keys and the README's table, from aktin_sftp/options.py.
+docs: $(VENV)/.ready
+	$(VENV)/bin/python -m tests.docs
 
 unit: $(VENV)/.ready
 	$(VENV)/bin/pytest -ra tests/unit

@@ -1,7 +1,8 @@
 """Reading and validating the TOML configuration, ours or the upstream uploader's.
 
-Everything is checked here, before any network call, and every error names the file, the key and
-what is wrong. Secret values are wrapped in `Secret` so that they never end up in a message.
+Everything is checked here, before any network call, against the declaration in `options`, and
+every error names the file, the key and what is wrong. Secret values are wrapped in `Secret` so
+that they never end up in a message.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from aktin_sftp import options
 from aktin_sftp.crypto import InvalidKeyError, load_key
 from aktin_sftp.errors import ConfigError
+from aktin_sftp.options import Declaration, Kind, Option
 
 try:
     import tomllib  # type: ignore[import-not-found, unused-ignore]
@@ -25,9 +28,15 @@ except ModuleNotFoundError:  # Python 3.10 (Ubuntu 22.04): python3-tomli
     import tomli as tomllib  # type: ignore[no-redef, unused-ignore]
 
 DEFAULT_PATH = Path("/etc/aktin/sftp.toml")
-DEFAULT_STATE_DIR = Path("/var/lib/aktin/sftp")
 # /etc/aktin/sftp-NAME.toml belongs to the unit instance aktin-broker-sftp@NAME.
 INSTANCE_CONFIG = re.compile(r"sftp-([A-Za-z0-9_.-]+)\.toml")
+DEFAULT_STATE_DIR = Path(str(options.SFTP_TOML.option("state", "directory").default))
+DEFAULT_MAX_DELETE = int(options.SFTP_TOML.option("state", "max_delete").default or 0)
+# Upstream had no known_hosts setting; the system-wide file is where an operator would look first.
+UPSTREAM_KNOWN_HOSTS = Path("/etc/ssh/ssh_known_hosts")
+# Conservative on purpose: anything beyond these characters could change the meaning of the
+# XPath predicate the broker evaluates, so such a tag is refused instead of quoted.
+TAG_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def default_state_dir(config_path: Path) -> Path:
@@ -35,12 +44,6 @@ def default_state_dir(config_path: Path) -> Path:
     /var/lib/aktin/sftp-NAME, where its unit lets it write; any other config in /var/lib/aktin/sftp."""
     instance = INSTANCE_CONFIG.fullmatch(config_path.name)
     return DEFAULT_STATE_DIR.with_name(f"sftp-{instance[1]}") if instance else DEFAULT_STATE_DIR
-DEFAULT_MAX_DELETE = 5
-# Upstream had no known_hosts setting; the system-wide file is where an operator would look first.
-UPSTREAM_KNOWN_HOSTS = Path("/etc/ssh/ssh_known_hosts")
-# Conservative on purpose: anything beyond these characters could change the meaning of the
-# XPath predicate the broker evaluates, so such a tag is refused instead of quoted.
-TAG_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class Secret:
@@ -99,43 +102,32 @@ class Config:
     max_delete: int
 
 
-def load(path: Path) -> Config:
+def read_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as handle:
-            raw = tomllib.load(handle)
+            raw: dict[str, Any] = tomllib.load(handle)
+            return raw
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found (give another one with --config)") from None
     except PermissionError:
         raise ConfigError(f"{path}: config file is not readable by this user") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def load(path: Path) -> Config:
+    raw = read_toml(path)
+    declaration = options.SFTP_TOML
     if any(name.isupper() or name == "REQUESTS_CA_BUNDLE" for name in raw):
-        return _Reader(path, _from_upstream(path, raw), upstream=True).config()
-    return _Reader(path, raw, upstream=False).config()
+        values = Values(path, _from_upstream(path, raw, declaration), declaration, upstream=True, rules=RULES)
+    else:
+        values = Values(path, raw, declaration, upstream=False, rules=RULES)
+    return _config(values)
 
 
-# The upstream uploader's flattened keys and where they live in our layout.
-UPSTREAM_KEYS: dict[str, tuple[str, str]] = {
-    "BROKER.URL": ("broker", "url"),
-    "BROKER.API_KEY": ("broker", "api_key"),
-    "REQUESTS.TAG": ("broker", "tag"),
-    "REQUESTS_CA_BUNDLE": ("broker", "ca_bundle"),
-    "SFTP.HOST": ("sftp", "host"),
-    "SFTP.PORT": ("sftp", "port"),
-    "SFTP.USERNAME": ("sftp", "username"),
-    "SFTP.PASSWORD": ("sftp", "password"),
-    "SFTP.TIMEOUT": ("sftp", "timeout"),
-    "SFTP.FOLDERNAME": ("sftp", "folder"),
-    "SFTP.KNOWN_HOSTS": ("sftp", "known_hosts"),
-    "SECURITY.PATH_ENCRYPTION_KEY": ("encryption", "key_file"),
-    "MISC.WORKING_DIR": ("state", "directory"),
-}
-_OURS_TO_UPSTREAM = {ours: flat for flat, ours in UPSTREAM_KEYS.items()}
-# Upstream reads these with a fallback, so that an empty value there means "not set".
-UPSTREAM_OPTIONAL = {"REQUESTS_CA_BUNDLE", "SFTP.PORT", "SFTP.TIMEOUT", "SFTP.KNOWN_HOSTS", "MISC.WORKING_DIR"}
-
-
-def _from_upstream(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
+def _from_upstream(path: Path, raw: dict[str, Any], declaration: Declaration) -> dict[str, Any]:
+    """The upstream uploader's flattened keys (`[SFTP] HOST`), placed where they live in ours."""
+    ours = {o.upstream: o for o in declaration.options if o.upstream}
     flat: dict[str, Any] = {}
     for name, value in raw.items():
         if isinstance(value, dict):
@@ -144,206 +136,236 @@ def _from_upstream(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
             flat[name] = value
     converted: dict[str, Any] = {}
     for name, value in flat.items():
-        if name not in UPSTREAM_KEYS:
+        if name not in ours:
             raise ConfigError(f"{path}: {name}: unknown key in an upstream-style config")
-        if name in UPSTREAM_OPTIONAL and isinstance(value, str) and not value.strip():
+        option = ours[name]
+        # Upstream reads its optional keys with a fallback, so that an empty value there means "not set".
+        optional = not option.required or option.key == "known_hosts"
+        if optional and not declaration.alternatives_of(option) and isinstance(value, str) and not value.strip():
             continue
-        section, key = UPSTREAM_KEYS[name]
-        if key in ("timeout", "port") and isinstance(value, str) and value.strip().isdigit():
+        if option.kind in (Kind.NUMBER, Kind.INTEGER) and isinstance(value, str) and value.strip().isdigit():
             value = int(value)
-        converted.setdefault(section, {})[key] = value
+        converted.setdefault(option.section, {})[option.key] = value
     converted.setdefault("sftp", {}).setdefault("known_hosts", str(UPSTREAM_KNOWN_HOSTS))
     return converted
 
 
-SCHEMA: dict[str, set[str]] = {
-    "broker": {"url", "api_key", "api_key_file", "tag", "ca_bundle", "timeout", "parallel", "max_download_mib"},
-    "sftp": {
-        "host", "port", "username", "password", "password_file", "private_key_file",
-        "known_hosts", "folder", "timeout", "parallel",
-    },
-    "encryption": {"key_file"},
-    "state": {"directory", "max_delete"},
-}
+class Invalid(Exception):
+    """What is wrong with one value; `Values` adds the file and the key."""
 
 
-class _Reader:
-    """Pulls typed values out of the parsed TOML, naming the offending key on every error."""
+class Values:
+    """The parsed TOML validated against a declaration: known sections and keys, types, ranges,
+    alternatives, files that exist and, where they hold secrets, are not readable by every user.
+    `get` gives a key's typed value or its default."""
 
-    def __init__(self, path: Path, raw: dict[str, Any], upstream: bool) -> None:
+    def __init__(
+        self, path: Path, raw: dict[str, Any], declaration: Declaration, upstream: bool,
+        rules: dict[tuple[str, str], Callable[[Any], Any]] | None = None,
+    ) -> None:
         self.file = path
-        self.raw = raw
+        self.declaration = declaration
         self.upstream = upstream
+        self.values: dict[tuple[str, str], Any] = {}
+        self.given: set[tuple[str, str]] = set()
         for section, body in raw.items():
-            if section not in SCHEMA:
-                self.fail(section, None, f"unknown section (known: {', '.join(SCHEMA)})")
+            if section not in declaration.sections:
+                self.fail(section, None, f"unknown section (known: {', '.join(declaration.sections)})")
             if not isinstance(body, dict):
                 self.fail(section, None, "must be a table")
+            known = sorted(o.key for o in declaration.keys(section))
             for key in body:
-                if key not in SCHEMA[section]:
-                    self.fail(section, key, f"unknown key (known: {', '.join(sorted(SCHEMA[section]))})")
+                if key not in known:
+                    self.fail(section, key, f"unknown key (known: {', '.join(known)})")
+        for option in declaration.options:
+            given = raw.get(option.section, {}).get(option.key)
+            self.alternatives(option, raw.get(option.section, {}))
+            if given is None:
+                if option.required:
+                    self.fail(option.section, option.key, "missing")
+                self.values[option.section, option.key] = self.default(option)
+                continue
+            self.given.add((option.section, option.key))
+            try:
+                value = self.typed(option, given)
+                rule = (rules or {}).get((option.section, option.key))
+                self.values[option.section, option.key] = rule(value) if rule else value
+            except Invalid as problem:
+                self.fail(option.section, option.key, str(problem))
+
+    def get(self, section: str, key: str) -> Any:
+        return self.values[section, key]
 
     def name(self, section: str, key: str | None) -> str:
         if key is None:
             return f"[{section}]"
         if self.upstream:
-            return _OURS_TO_UPSTREAM.get((section, key), f"{section}.{key}")
+            upstream = next((o.upstream for o in self.declaration.keys(section) if o.key == key), None)
+            return upstream or f"{section}.{key}"
         return f"[{section}] {key}"
 
     def fail(self, section: str, key: str | None, problem: str) -> None:
         raise ConfigError(f"{self.file}: {self.name(section, key)}: {problem}")
 
-    def value(self, section: str, key: str) -> Any:
-        return self.raw.get(section, {}).get(key)
+    def alternatives(self, option: Option, body: dict[str, Any]) -> None:
+        for choice in self.declaration.alternatives_of(option):
+            if option.key != choice.keys[0]:
+                continue
+            given = [key for key in choice.keys if body.get(key) is not None]
+            if choice.exclusive and len(given) > 1:
+                self.fail(option.section, given[0], f"give either {' or '.join(given)}, not both")
+            if choice.required and not given:
+                *others, last = choice.keys
+                self.fail(option.section, option.key, f"missing (give {', '.join(others)} or {last})")
 
-    def string(self, section: str, key: str, default: str | None = None) -> str:
-        value = self.value(section, key)
-        if value is None:
-            if default is not None:
-                return default
-            self.fail(section, key, "missing")
-        if not isinstance(value, str) or not value.strip():
-            self.fail(section, key, "must be a non-empty string")
-        return str(value).strip()
+    def default(self, option: Option) -> Any:
+        if option.default is None:
+            return None
+        if option.kind is Kind.DIRECTORY:
+            return Path(str(option.default))
+        return self.typed(option, option.default)
 
-    def number(self, section: str, key: str, default: float, low: float, high: float) -> float:
-        value = self.value(section, key)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.fail(section, key, "must be a number")
-        if not low <= value <= high:
-            self.fail(section, key, f"must be between {low:g} and {high:g}, not {value}")
-        return float(value)
-
-    def path(
-        self, section: str, key: str, default: Path | None = None, check: Callable[[Path], str | None] | None = None
-    ) -> Path:
-        text = self.value(section, key)
-        if text is None and default is not None:
-            path = default
-        else:
-            path = Path(self.string(section, key))
-            if not path.is_absolute():
-                path = self.file.parent / path
-        if check is not None:
-            problem = check(path)
+    def typed(self, option: Option, value: Any) -> Any:
+        if option.kind in (Kind.NUMBER, Kind.INTEGER):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise Invalid("must be a number")
+            if option.kind is Kind.INTEGER and value != int(value):
+                raise Invalid(f"must be a whole number, not {value}")
+            low, high = option.low, option.high
+            if low is not None and high is not None and not low <= value <= high:
+                raise Invalid(f"must be between {low:g} and {high:g}, not {value}")
+            return int(value) if option.kind is Kind.INTEGER else float(value)
+        # A TOML multi-line string ends in a newline that is no part of the value.
+        text = value.strip() if isinstance(value, str) else ""
+        if option.kind is Kind.SECRET and isinstance(value, str):
+            _usable_secret(text, "")
+            problem = _private_file(self.file)
             if problem:
-                self.fail(section, key, f"{path}: {problem}")
-        return path
-
-    def optional_path(self, section: str, key: str, check: Callable[[Path], str | None]) -> Path | None:
-        if self.value(section, key) is None:
-            return None
-        return self.path(section, key, check=check)
-
-    def secret(self, section: str, inline_key: str, file_key: str, required: bool) -> Secret | None:
-        inline, from_file = self.value(section, inline_key), self.value(section, file_key)
-        if inline is not None and from_file is not None:
-            self.fail(section, inline_key, f"give either {inline_key} or {file_key}, not both")
-        if from_file is not None:
-            path = self.path(section, file_key, check=_private_file)
-            # Latin-1 reads any bytes, so that the check below can refuse what is not ASCII.
-            text = path.read_bytes().decode("latin-1").strip()
-            self.usable_secret(section, file_key, text, f"{path}: ")
+                raise Invalid(f"is stored inline, but {self.file} {problem}")
             return Secret(text)
-        if inline is None:
-            if required:
-                self.fail(section, inline_key, f"missing (give {inline_key} or {file_key})")
-            return None
-        if not isinstance(inline, str):
-            self.fail(section, inline_key, "must be a non-empty string")
-        # A TOML multi-line string ends in a newline that is no part of the secret.
-        text = inline.strip()
-        self.usable_secret(section, inline_key, text, "")
-        problem = _private_file(self.file)
-        if problem:
-            self.fail(section, inline_key, f"is stored inline, but {self.file} {problem}")
+        if not text:
+            raise Invalid("must be a non-empty string")
+        if option.kind in (Kind.FILE, Kind.DIRECTORY):
+            path = Path(text)
+            path = path if path.is_absolute() else self.file.parent / path
+            if option.kind is Kind.FILE:
+                problem = (_private_file if option.secret else _readable_file)(path)
+                if problem:
+                    raise Invalid(f"{path}: {problem}")
+            return path
+        return text
+
+    def secret(self, section: str, inline: str, in_file: str) -> Secret | None:
+        """The secret given inline, or read from the file given instead."""
+        path = self.get(section, in_file)
+        if path is None:
+            inline_value: Secret | None = self.get(section, inline)
+            return inline_value
+        # Latin-1 reads any bytes, so that the check can refuse what is not ASCII.
+        text = path.read_bytes().decode("latin-1").strip()
+        try:
+            _usable_secret(text, f"{path}: ")
+        except Invalid as problem:
+            self.fail(section, in_file, str(problem))
         return Secret(text)
 
-    def usable_secret(self, section: str, key: str, text: str, where: str) -> None:
-        """Keys and passwords travel in HTTP headers and SSH packets, where control and
-        non-ASCII characters fail late, with the value in the traceback; the value is never shown."""
-        if not text:
-            self.fail(section, key, f"{where}is empty")
-        if not re.fullmatch(r"[\x20-\x7e]+", text):
-            self.fail(section, key, f"{where}contains control or non-ASCII characters (not shown here)")
 
-    def config(self) -> Config:
-        return Config(
-            path=self.file,
-            broker=self.broker(),
-            sftp=self.sftp(),
-            key_file=self.path("encryption", "key_file", check=_fernet_key_file),
-            state_dir=self.path("state", "directory", default=default_state_dir(self.file)),
-            max_delete=int(self.number("state", "max_delete", DEFAULT_MAX_DELETE, 0, 1_000_000)),
-        )
+def _usable_secret(text: str, where: str) -> None:
+    """Keys and passwords travel in HTTP headers and SSH packets, where control and non-ASCII
+    characters fail late, with the value in the traceback; the value is never shown."""
+    if not text:
+        raise Invalid(f"{where}is empty")
+    if not re.fullmatch(r"[\x20-\x7e]+", text):
+        raise Invalid(f"{where}contains control or non-ASCII characters (not shown here)")
 
-    def broker(self) -> BrokerConfig:
-        url = self.string("broker", "url")
-        if "@" in urlsplit(url).netloc:
-            # Never sent and easily echoed: the API key is the broker's only credential.
-            self.fail("broker", "url", "must not contain a user name or password (the url is not shown here); "
+
+def _config(values: Values) -> Config:
+    api_key = values.secret("broker", "api_key", "api_key_file")
+    assert api_key is not None, "a required alternative"
+    get = values.get
+    return Config(
+        path=values.file,
+        broker=BrokerConfig(
+            url=get("broker", "url"), api_key=api_key, tag=get("broker", "tag"), ca_bundle=get("broker", "ca_bundle"),
+            timeout=get("broker", "timeout"), parallel=get("broker", "parallel"),
+            max_download_mib=get("broker", "max_download_mib"),
+        ),
+        sftp=SftpConfig(
+            host=get("sftp", "host"), port=get("sftp", "port"), username=get("sftp", "username"),
+            password=values.secret("sftp", "password", "password_file"),
+            private_key_file=get("sftp", "private_key_file"), known_hosts=get("sftp", "known_hosts"),
+            folder=get("sftp", "folder"), timeout=get("sftp", "timeout"), parallel=get("sftp", "parallel"),
+        ),
+        key_file=get("encryption", "key_file"),
+        state_dir=get("state", "directory") if ("state", "directory") in values.given else default_state_dir(values.file),
+        max_delete=get("state", "max_delete"),
+    )
+
+
+def _broker_url(url: str) -> str:
+    if "@" in urlsplit(url).netloc:
+        # Never sent and easily echoed: the API key is the broker's only credential.
+        raise Invalid("must not contain a user name or password (the url is not shown here); "
                       "the broker takes the API key only")
-        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
-            self.fail("broker", "url", f"{url!r} is not an http:// or https:// URL")
-        parts = urlsplit(url)
-        try:
-            usable = bool(parts.hostname) and parts.port != 0
-        except ValueError:  # a port that is no number or out of range
-            usable = False
-        if not usable:
-            self.fail("broker", "url", f"{url!r} needs a host name and, if a port is given, one from 1 to 65535")
-        # Both the server root and its /broker/ endpoint are common ways to write the address.
-        url = re.sub(r"/broker/?$", "", url.rstrip("/"))
-        tag = self.string("broker", "tag")
-        if not TAG_PATTERN.fullmatch(tag):
-            self.fail(
-                "broker", "tag",
-                f"{tag!r} is not allowed: use 1 to 64 letters, digits, '_', '.' or '-' "
-                "(quotes and XPath syntax cannot be passed to the broker safely)",
-            )
-        api_key = self.secret("broker", "api_key", "api_key_file", required=True)
-        assert api_key is not None
-        return BrokerConfig(
-            url=url,
-            api_key=api_key,
-            tag=tag,
-            ca_bundle=self.optional_path("broker", "ca_bundle", _certificates_file),
-            timeout=self.number("broker", "timeout", 60, 1, 3600),
-            # A few status calls at a time keep a run over hundreds of requests short without
-            # loading the broker, which also serves the hospitals.
-            parallel=int(self.number("broker", "parallel", 4, 1, 32)),
-            # A bound on what one download may write into the state directory.
-            max_download_mib=int(self.number("broker", "max_download_mib", 16384, 1, 1 << 30)),
-        )
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
+        raise Invalid(f"{url!r} is not an http:// or https:// URL")
+    parts = urlsplit(url)
+    try:
+        usable = bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port that is no number or out of range
+        usable = False
+    if not usable:
+        raise Invalid(f"{url!r} needs a host name and, if a port is given, one from 1 to 65535")
+    # Both the server root and its /broker/ endpoint are common ways to write the address.
+    return re.sub(r"/broker/?$", "", url.rstrip("/"))
 
-    def sftp(self) -> SftpConfig:
-        host = self.string("sftp", "host")
-        if not re.fullmatch(r"[A-Za-z0-9.:\[\]-]+", host):
-            self.fail("sftp", "host", f"{host!r} is not a host name or address")
-        password = self.secret("sftp", "password", "password_file", required=False)
-        key_file = self.optional_path("sftp", "private_key_file", _private_file)
-        if password is None and key_file is None:
-            self.fail("sftp", "password", "missing (give password, password_file or private_key_file)")
-        folder = self.string("sftp", "folder")
-        if "\\" in folder or any(part == ".." for part in folder.split("/")):
-            self.fail("sftp", "folder", f"{folder!r} must be a plain path without '..'")
-        return SftpConfig(
-            host=host,
-            port=int(self.number("sftp", "port", 22, 1, 65535)),
-            username=self.string("sftp", "username"),
-            password=password,
-            private_key_file=key_file,
-            known_hosts=self.path("sftp", "known_hosts", check=_readable_file),
-            folder=folder.rstrip("/") or "/",
-            timeout=self.number("sftp", "timeout", 30, 1, 3600),
-            # Deliveries at once, each on an SFTP channel of its own: over a WAN a file waits
-            # three round trips, which the others fill. 16 keep a 100 Mbit/s link with 50 ms
-            # round trips busy (BENCHMARKS.md); beyond OpenSSH's MaxSessions (10) a second login
-            # serves the rest.
-            parallel=int(self.number("sftp", "parallel", 16, 1, 32)),
+
+def _tag(tag: str) -> str:
+    if not TAG_PATTERN.fullmatch(tag):
+        raise Invalid(
+            f"{tag!r} is not allowed: use 1 to 64 letters, digits, '_', '.' or '-' "
+            "(quotes and XPath syntax cannot be passed to the broker safely)"
         )
+    return tag
+
+
+def _host(host: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9.:\[\]-]+", host):
+        raise Invalid(f"{host!r} is not a host name or address")
+    return host
+
+
+def _folder(folder: str) -> str:
+    if "\\" in folder or any(part == ".." for part in folder.split("/")):
+        raise Invalid(f"{folder!r} must be a plain path without '..'")
+    return folder.rstrip("/") or "/"
+
+
+def _certificates(path: Path) -> Path:
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except ssl.SSLError as exc:
+        raise Invalid(f"{path}: holds no PEM certificates TLS could use ({exc.reason or exc})") from None
+    return path
+
+
+def _fernet_key(path: Path) -> Path:
+    try:
+        load_key(path)
+    except InvalidKeyError as exc:
+        raise Invalid(f"{path}: {exc}") from None
+    return path
+
+
+# What a value must be beyond its declared type and range.
+RULES: dict[tuple[str, str], Callable[[Any], Any]] = {
+    ("broker", "url"): _broker_url,
+    ("broker", "tag"): _tag,
+    ("broker", "ca_bundle"): _certificates,
+    ("sftp", "host"): _host,
+    ("sftp", "folder"): _folder,
+    ("encryption", "key_file"): _fernet_key,
+}
 
 
 def _readable_file(path: Path) -> str | None:
@@ -354,32 +376,10 @@ def _readable_file(path: Path) -> str | None:
     return None
 
 
-def _certificates_file(path: Path) -> str | None:
-    problem = _readable_file(path)
-    if problem:
-        return problem
-    try:
-        ssl.create_default_context(cafile=str(path))
-    except ssl.SSLError as exc:
-        return f"holds no PEM certificates TLS could use ({exc.reason or exc})"
-    return None
-
-
 def _private_file(path: Path) -> str | None:
     problem = _readable_file(path)
     if problem:
         return problem
     if path.stat().st_mode & stat.S_IROTH:
         return f"is readable by every user: holds a secret, so run 'chmod o-rwx {path}'"
-    return None
-
-
-def _fernet_key_file(path: Path) -> str | None:
-    problem = _private_file(path)
-    if problem:
-        return problem
-    try:
-        load_key(path)
-    except InvalidKeyError as exc:
-        return str(exc)
     return None

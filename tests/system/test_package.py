@@ -120,8 +120,9 @@ def test_unconfigured_run_fails_with_78_and_one_clear_journal_line(system: Conta
 
 def test_the_unit_tests_pass_on_the_system_python_without_tomllib(system: Container) -> None:
     """Python 3.10 (Ubuntu 22.04) has no tomllib; the installed package then uses python3-tomli."""
-    for part in ("tests", "systemd"):
+    for part in ("tests", "systemd", "debian"):
         shutil.copytree(ROOT / part, system.path(f"/srv/suite/{part}"), ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "README.md", system.path("/srv/suite/README.md"))
     done = system.run(
         "sh", "-c", "cd /srv/suite && AKTIN_SFTP_HIDE_TOMLLIB=1 python3 -m pytest -q -p no:cacheprovider tests/unit", check=False
     )
