@@ -10,7 +10,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from aktin_sftp import __version__, audit, config, crypto, events, maintenance, sync
+from aktin_sftp import __version__, audit, config, crypto, events, maintenance, receive, sync
 from aktin_sftp.broker import Broker
 from aktin_sftp.errors import EX_FAILURE, EX_SOFTWARE, ConfigError, LockedError, SyncError
 from aktin_sftp.files import open_private
@@ -25,6 +25,8 @@ LOG_HANDLER = "aktin-broker-sftp"
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.config is None:
+        args.config = args.default_config
     _setup_logging(args.verbose)
     try:
         args.command(args)
@@ -62,12 +64,14 @@ def _parser() -> argparse.ArgumentParser:
         description="Deliver results of tagged AKTIN Broker requests, Fernet-encrypted, to an SFTP folder.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--config", type=Path, default=config.DEFAULT_PATH, help="default: %(default)s")
+    defaults = f"default: {config.DEFAULT_PATH}, for receive {config.DEFAULT_RECEIVE_PATH}"
+    parser.add_argument("--config", type=Path, default=None, help=defaults)
+    parser.set_defaults(default_config=config.DEFAULT_PATH)
     parser.add_argument("-v", "--verbose", action="store_true", help="also log debug messages")
     # The same options after the command (`run --config x.toml`); SUPPRESS keeps an omitted
     # one from overriding what was given before the command.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="default: " + str(config.DEFAULT_PATH))
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=defaults)
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="also log debug messages")
     commands = parser.add_subparsers(metavar="COMMAND", required=True)
 
@@ -117,6 +121,11 @@ def _parser() -> argparse.ArgumentParser:
         help="a Fernet key file; give it more than once (old and new key) during a key change",
     )
     decrypt.set_defaults(command=_decrypt)
+
+    take = command("receive", help="the recipient's side: take in, check and decrypt what status.xml vouches for")
+    take.add_argument("--dry-run", action="store_true", help="print what would be received, change nothing")
+    take.add_argument("--status", action="store_true", help="list what was received")
+    take.set_defaults(command=_receive, default_config=config.DEFAULT_RECEIVE_PATH)
     return parser
 
 
@@ -218,6 +227,15 @@ def _redeliver(args: argparse.Namespace) -> None:
 
 def _verify(args: argparse.Namespace) -> None:
     audit.verify(config.load(args.config), deep=args.deep, repair=args.repair)
+
+
+def _receive(args: argparse.Namespace) -> None:
+    settings = config.load_receive(args.config)
+    if args.status:
+        for line in receive.status_lines(settings):
+            print(line)
+        return
+    receive.receive(settings, dry_run=args.dry_run)
 
 
 def _keygen(args: argparse.Namespace) -> None:

@@ -12,7 +12,7 @@ import re
 import ssl
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -179,6 +179,9 @@ class Values:
                     self.fail(section, key, f"unknown key (known: {', '.join(known)})")
         for option in declaration.options:
             given = raw.get(option.section, {}).get(option.key)
+            if option.section not in raw and option.section in declaration.optional_sections:
+                self.values[option.section, option.key] = None
+                continue
             self.alternatives(option, raw.get(option.section, {}))
             if given is None:
                 if option.required:
@@ -226,6 +229,14 @@ class Values:
         return self.typed(option, option.default)
 
     def typed(self, option: Option, value: Any) -> Any:
+        if option.kind is Kind.BOOLEAN:
+            if not isinstance(value, bool):
+                raise Invalid("must be true or false")
+            return value
+        if option.kind is Kind.FILES:
+            if not isinstance(value, list) or not value:
+                raise Invalid("must be a list of file names")
+            return [self.typed(replace(option, kind=Kind.FILE), item) for item in value]
         if option.kind in (Kind.NUMBER, Kind.INTEGER):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise Invalid("must be a number")
@@ -290,16 +301,57 @@ def _config(values: Values) -> Config:
             timeout=get("broker", "timeout"), parallel=get("broker", "parallel"),
             max_download_mib=get("broker", "max_download_mib"),
         ),
-        sftp=SftpConfig(
-            host=get("sftp", "host"), port=get("sftp", "port"), username=get("sftp", "username"),
-            password=values.secret("sftp", "password", "password_file"),
-            private_key_file=get("sftp", "private_key_file"), known_hosts=get("sftp", "known_hosts"),
-            folder=get("sftp", "folder"), timeout=get("sftp", "timeout"), parallel=get("sftp", "parallel"),
-        ),
+        sftp=_sftp(values, parallel=get("sftp", "parallel")),
         key_file=get("encryption", "key_file"),
         state_dir=get("state", "directory") if ("state", "directory") in values.given else default_state_dir(values.file),
         max_delete=get("state", "max_delete"),
     )
+
+
+def _sftp(values: Values, parallel: int) -> SftpConfig:
+    get = values.get
+    return SftpConfig(
+        host=get("sftp", "host"), port=get("sftp", "port"), username=get("sftp", "username"),
+        password=values.secret("sftp", "password", "password_file"),
+        private_key_file=get("sftp", "private_key_file"), known_hosts=get("sftp", "known_hosts"),
+        folder=get("sftp", "folder"), timeout=get("sftp", "timeout"), parallel=parallel,
+    )
+
+
+DEFAULT_RECEIVE_PATH = Path("/etc/aktin/receive.toml")
+
+
+@dataclass(frozen=True)
+class ReceiveConfig:
+    path: Path
+    # Exactly one of the two.
+    folder: Path | None
+    sftp: SftpConfig | None
+    key_files: list[Path]
+    inbox: Path
+    move_withdrawn: bool
+    state_dir: Path
+    mismatch_runs: int
+
+
+def load_receive(path: Path) -> ReceiveConfig:
+    rules = {**RULES, ("keys", "files"): lambda paths: [_fernet_key(p) for p in paths], ("source", "folder"): _folder_exists}
+    values = Values(path, read_toml(path), options.RECEIVE_TOML, upstream=False, rules=rules)
+    folder = values.get("source", "folder")
+    if (folder is None) == (values.get("sftp", "host") is None):
+        values.fail("source", "folder", "give either [source] folder or an [sftp] section" + (", not both" if folder else ""))
+    get = values.get
+    return ReceiveConfig(
+        path=path, folder=folder, sftp=None if folder else _sftp(values, parallel=1), key_files=get("keys", "files"),
+        inbox=get("inbox", "directory"), move_withdrawn=get("inbox", "move_withdrawn"),
+        state_dir=get("state", "directory"), mismatch_runs=get("state", "mismatch_runs"),
+    )
+
+
+def _folder_exists(path: Path) -> Path:
+    if not path.is_dir():
+        raise Invalid(f"{path}: no such folder")
+    return path
 
 
 def _broker_url(url: str) -> str:

@@ -1,6 +1,8 @@
 """Failures and the exit codes operators and systemd see for them (sysexits.h)."""
 
 EX_FAILURE = 1
+# What the sender's status.xml vouches for and what its folder holds disagree (receive).
+EX_DATAERR = 65
 EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
 EX_TEMPFAIL = 75

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 class Kind(enum.Enum):
     TEXT = "string"
     NUMBER = "number"
     INTEGER = "integer"
+    BOOLEAN = "true or false"
     FILE = "file"
+    FILES = "list of files"
     DIRECTORY = "directory"
     # A secret given inline; its file form is a FILE with secret=True.
     SECRET = "secret string"
@@ -30,7 +32,7 @@ class Option:
     description: str
     # TOML text shown in the example config, ready to uncomment.
     example: str
-    default: float | str | None = None
+    default: bool | float | str | None = None
     low: float | None = None
     high: float | None = None
     required: bool = False
@@ -61,6 +63,8 @@ class Declaration:
     sections: dict[str, str]
     options: tuple[Option, ...]
     alternatives: tuple[Alternatives, ...]
+    # Sections that may be left out as a whole; their required keys are required only in them.
+    optional_sections: frozenset[str] = frozenset()
 
     def option(self, section: str, key: str) -> Option:
         return next(o for o in self.options if (o.section, o.key) == (section, key))
@@ -173,4 +177,53 @@ SFTP_TOML = Declaration(
         Alternatives("sftp", ("password", "password_file"), required=False, exclusive=True),
         Alternatives("sftp", ("password", "password_file", "private_key_file"), required=True, exclusive=False),
     ),
+)
+
+
+def _receiving(option: Option) -> Option:
+    if option.key == "folder":
+        return replace(option, description="Remote folder the sender delivers to, relative to the login folder or "
+                       "absolute.", upstream=None)
+    return replace(option, upstream=None)
+
+
+RECEIVE_TOML = Declaration(
+    sections={
+        "source": "Where the sender's files are, when they are on this machine.",
+        "sftp": "Where the sender's files are, when they are on an SFTP server (instead of [source]).",
+        "keys": "The keys the files are encrypted with.",
+        "inbox": "Where the decrypted result bundles go.",
+        "state": "What receive keeps between runs.",
+    },
+    options=(
+        Option(
+            "source", "folder", Kind.DIRECTORY, "Local folder the sender delivers to, holding its status.xml (the "
+            "recipient's own SFTP upload directory). Give either this or an [sftp] section.", '"/srv/sftp/aktin/upload"',
+        ),
+        *(_receiving(o) for o in SFTP_TOML.keys("sftp") if o.key != "parallel"),
+        Option(
+            "keys", "files", Kind.FILES, "Fernet key files, as the sender's [encryption] key_file; during a key "
+            "change the old and the new one. Each file is picked by the key id status.xml records for it.",
+            '["/etc/aktin/receive-fernet.key"]', required=True, secret=True,
+        ),
+        Option(
+            "inbox", "directory", Kind.DIRECTORY, "Where export_ID.zip is placed, decrypted, mode 0600; the "
+            "previous version of a changed request goes to its previous/ folder as export_ID.N.zip.",
+            '"/var/lib/aktin/receive/inbox"', default="/var/lib/aktin/receive/inbox",
+        ),
+        Option(
+            "inbox", "move_withdrawn", Kind.BOOLEAN, "Move the file of a request the sender withdrew to the inbox's "
+            "withdrawn/ folder; otherwise it stays where it is.", "false", default=False,
+        ),
+        Option(
+            "state", "directory", Kind.DIRECTORY, "Where received.json, the lock and the downloaded tokens live.",
+            '"/var/lib/aktin/receive"', default="/var/lib/aktin/receive",
+        ),
+        Option(
+            "state", "mismatch_runs", Kind.INTEGER, "Runs in a row a file may differ from what status.xml says "
+            "(the sender may be replacing it) before that is an error.", "3", default=3, low=1, high=1000,
+        ),
+    ),
+    alternatives=SFTP_TOML.alternatives[1:],
+    optional_sections=frozenset({"source", "sftp"}),
 )

@@ -42,3 +42,12 @@ def test_an_instance_config_keeps_its_state_where_its_unit_lets_it_write() -> No
     assert default_state_dir(Path("/srv/other.toml")) == Path("/var/lib/aktin/sftp")
     instance = (UNITS / "aktin-broker-sftp@.service").read_text()
     assert "--config /etc/aktin/sftp-%i.toml" in instance and "StateDirectory=aktin/sftp-%i\n" in instance
+
+
+def test_the_receive_unit_is_hardened_like_the_delivery() -> None:
+    plain, receive = service_lines("aktin-broker-sftp.service"), service_lines("aktin-broker-sftp-receive.service")
+    assert {line.split("=")[0] for line in plain ^ receive} == {
+        "Description", "ExecStart", "StateDirectory", "SyslogIdentifier", "ProtectHome",
+    }
+    assert "ProtectHome=read-only" in receive
+    assert "ExecStart=/usr/bin/aktin-broker-sftp --config /etc/aktin/receive.toml receive" in receive

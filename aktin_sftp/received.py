@@ -1,0 +1,77 @@
+"""The recipient's state: which version of each request `receive` took in, and which files keep
+differing from what the sender's status.xml says. One JSON file, replaced atomically."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from aktin_sftp.errors import SyncError
+from aktin_sftp.files import write_atomic
+
+
+@dataclass
+class Received:
+    id: int
+    # Of the token, as the sender's status.xml vouched for it.
+    sha256: str
+    key_id: str
+    at: str
+    withdrawn: str | None = None
+
+
+@dataclass
+class Mismatch:
+    """A file that did not match status.xml, and in how many runs in a row."""
+
+    sha256: str
+    runs: int
+
+
+@dataclass
+class Inbox:
+    received: dict[int, Received] = field(default_factory=dict)
+    mismatches: dict[int, Mismatch] = field(default_factory=dict)
+
+
+class Damaged(SyncError):
+    pass
+
+
+def parse(data: bytes, source: str) -> Inbox:
+    try:
+        raw = json.loads(data)
+        received = {int(i): Received(**fields) for i, fields in raw["received"].items()}
+        mismatches = {int(i): Mismatch(**fields) for i, fields in raw["mismatches"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise Damaged(f"{source}: not a state receive wrote ({type(exc).__name__}); restore it from a backup, or "
+                      "move it away to receive every request once more") from None
+    if any(not re.fullmatch(r"[0-9a-f]{64}", r.sha256) for r in received.values()):
+        raise Damaged(f"{source}: holds a sha256 that cannot be one")
+    return Inbox(received, mismatches)
+
+
+def serialize(inbox: Inbox) -> bytes:
+    return json.dumps(
+        {
+            "received": {str(i): asdict(r) for i, r in sorted(inbox.received.items())},
+            "mismatches": {str(i): asdict(m) for i, m in sorted(inbox.mismatches.items())},
+        },
+        indent=1,
+    ).encode() + b"\n"
+
+
+class InboxFile:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> Inbox:
+        try:
+            return parse(self.path.read_bytes(), str(self.path))
+        except FileNotFoundError:
+            return Inbox()
+
+    def save(self, inbox: Inbox) -> None:
+        write_atomic(self.path, serialize(inbox))
