@@ -65,6 +65,35 @@ def demo(work: Path, broker: broker_peer.BrokerServer, sshd: SshServer) -> int:
     with zipfile.ZipFile(plain) as bundle:
         for entry in bundle.infolist():
             print(f"  {entry.filename:30} {entry.file_size:>6} bytes")
+    return receive(work, folder, key_file)
+
+
+def receive(work: Path, folder: Path, key_file: Path) -> int:
+    """The recipient's side: everything status.xml vouches for, checked and decrypted into an inbox."""
+    config = work / "receive.toml"
+    config.write_text(f"""[source]
+folder = "{folder}"
+
+[keys]
+files = ["{key_file}"]
+
+[inbox]
+directory = "{work / 'inbox'}"
+
+[state]
+directory = "{work / 'receive-state'}"
+""")
+    config.chmod(0o600)
+    command = [sys.executable, "-m", "aktin_sftp", "--config", str(config), "receive"]
+    print(f"\n$ aktin-broker-sftp --config {config} receive", flush=True)
+    code = subprocess.run(command).returncode
+    if code:
+        return code
+    print(f"\n$ aktin-broker-sftp --config {config} receive --status", flush=True)
+    subprocess.run([*command, "--status"], check=True)
+    print(f"\ninbox {work / 'inbox'}:")
+    for path in sorted((work / "inbox").iterdir()):
+        print(f"  {path.name:20} {path.stat().st_size:>8} bytes")
     return 0
 
 
