@@ -92,6 +92,9 @@ def test_install_enables_only_the_timer(system: Container, debs: tuple[Path, Pat
     assert needed <= {d.split()[0] for d in depends.split(", ")}
     assert system.run("systemctl", "is-enabled", TIMER).stdout.strip() == "enabled"
     assert system.run("systemctl", "is-active", TIMER).stdout.strip() == "active"
+    # The recipient's side is for a recipient to turn on.
+    receiving = system.run("systemctl", "is-enabled", "aktin-broker-sftp-receive.timer", check=False).stdout.strip()
+    assert receiving == "disabled"
     timers = system.run("systemctl", "list-timers", "--all").stdout
     assert TIMER in timers and "2099-01-01" in timers
     assert unit(system, SERVICE, "ExecMainStartTimestampMonotonic")["ExecMainStartTimestampMonotonic"] == "0"
