@@ -37,7 +37,11 @@ class Inbox:
 
 
 class Damaged(SyncError):
-    pass
+    def __init__(self, source: str, problem: str) -> None:
+        super().__init__(
+            f"{source}: {problem}; restore it from a backup, or move it away to receive every request once more "
+            "(what is in the inbox already stays as it is)"
+        )
 
 
 def parse(data: bytes, source: str) -> Inbox:
@@ -46,11 +50,21 @@ def parse(data: bytes, source: str) -> Inbox:
         received = {int(i): Received(**fields) for i, fields in raw["received"].items()}
         mismatches = {int(i): Mismatch(**fields) for i, fields in raw["mismatches"].items()}
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise Damaged(f"{source}: not a state receive wrote ({type(exc).__name__}); restore it from a backup, or "
-                      "move it away to receive every request once more") from None
-    if any(not re.fullmatch(r"[0-9a-f]{64}", r.sha256) for r in received.values()):
-        raise Damaged(f"{source}: holds a sha256 that cannot be one")
+        raise Damaged(source, f"not a state receive wrote ({type(exc).__name__})") from None
+    # JSON gives any type for any field; a wrong one would fail later, in the middle of a run.
+    for request_id, taken in received.items():
+        if taken.id != request_id or not _sha256(taken.sha256) or not isinstance(taken.key_id, str) or not isinstance(
+            taken.at, str
+        ) or not isinstance(taken.withdrawn, (str, type(None))):
+            raise Damaged(source, f"its record of request {request_id} cannot be one receive wrote")
+    for request_id, mismatch in mismatches.items():
+        if not _sha256(mismatch.sha256) or type(mismatch.runs) is not int or mismatch.runs < 1:
+            raise Damaged(source, f"its count of mismatches of request {request_id} cannot be one receive wrote")
     return Inbox(received, mismatches)
+
+
+def _sha256(value: object) -> bool:
+    return isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value) is not None
 
 
 def serialize(inbox: Inbox) -> bytes:
