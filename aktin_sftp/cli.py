@@ -8,9 +8,10 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
-from aktin_sftp import __version__, audit, config, crypto, events, maintenance, receive, sync
+from aktin_sftp import __version__, audit, config, crypto, events, lastrun, maintenance, receive, sync
 from aktin_sftp.broker import Broker
 from aktin_sftp.errors import EX_FAILURE, EX_SOFTWARE, ConfigError, LockedError, SyncError
 from aktin_sftp.files import open_private
@@ -29,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.config = args.default_config
     _setup_logging(args.verbose)
     try:
-        args.command(args)
+        code: int | None = args.command(args)
     except SyncError as exc:
         log.error("%s", exc, extra={"MESSAGE_ID": message_id(exc)})
         return exc.exit_code
@@ -49,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             type(exc).__name__, Path(frame.filename).name, frame.lineno, extra={"MESSAGE_ID": events.RUN_FAILED},
         )
         return EX_SOFTWARE
-    return 0
+    return code or 0
 
 
 def message_id(exc: SyncError) -> str:
@@ -122,6 +123,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     decrypt.set_defaults(command=_decrypt)
 
+    health = command("health", help="one line for monitoring (Nagios plugin format): did the last run succeed, and when")
+    health.add_argument("--warn", default="2h", help="WARNING when the last success is older (default: %(default)s)")
+    health.add_argument("--crit", default="6h", help="CRITICAL when the last success is older (default: %(default)s)")
+    health.set_defaults(command=_health)
+
     take = command("receive", help="the recipient's side: take in, check and decrypt what status.xml vouches for")
     take.add_argument("--dry-run", action="store_true", help="print what would be received, change nothing")
     take.add_argument("--status", action="store_true", help="list what was received")
@@ -168,7 +174,48 @@ def journal_handler() -> logging.Handler | None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    sync.run(config.load(args.config), dry_run=args.dry_run)
+    settings = config.load(args.config)
+    if args.dry_run:
+        sync.run(settings, dry_run=True)
+        return
+    started = datetime.now(timezone.utc)
+    try:
+        sync.run(settings)
+    except LockedError:
+        # Not a run of its own: the one holding the lock records its outcome.
+        raise
+    except (SyncError, OSError) as exc:
+        code = exc.exit_code if isinstance(exc, SyncError) else EX_FAILURE
+        _record(settings.state_dir, started, code, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise
+    _record(settings.state_dir, started, 0, "")
+
+
+def _record(state_dir: Path, started: datetime, code: int, reason: str) -> None:
+    try:
+        lastrun.record(state_dir, started, code, reason)
+    except OSError as exc:
+        # The run's own outcome matters more than its record: a failed record is no failed run.
+        log.warning("could not record the run in %s (%s); health and status show an older run", state_dir, exc.strerror)
+
+
+def _health(args: argparse.Namespace) -> int:
+    try:
+        warn, crit = lastrun.duration(args.warn), lastrun.duration(args.crit)
+    except ValueError as exc:
+        code, line = lastrun.unknown(str(exc))
+    else:
+        try:
+            settings = config.load(args.config)
+            run = lastrun.load(settings.state_dir)
+            entries = StatusFile(settings.state_dir / sync.STATUS_NAME).load() if settings.state_dir.is_dir() else {}
+        except (SyncError, OSError) as exc:
+            code, line = lastrun.unknown(str(exc))
+        else:
+            delivered = sum(1 for e in entries.values() if e.deleted is None)
+            code, line = lastrun.verdict(run, delivered, datetime.now(timezone.utc), warn, crit)
+    print(line)
+    return code
 
 
 def _status(args: argparse.Namespace) -> None:
@@ -178,6 +225,14 @@ def _status(args: argparse.Namespace) -> None:
             f"state directory {settings.state_dir} does not exist: no run has used it; check [state] directory"
         )
     entries = StatusFile(settings.state_dir / sync.STATUS_NAME).load()
+    run = lastrun.load(settings.state_dir)
+    if run is None:
+        print("last run: none recorded")
+    else:
+        outcome = "succeeded" if run.exit_code == 0 else f"failed (exit {run.exit_code}): {run.reason}"
+        print(f"last run: {run.started} to {run.ended} UTC, {outcome}")
+        print(f"last successful run: {run.last_success + ' UTC' if run.last_success else 'none recorded'}")
+    print()
     rows = [("id", "completion", "uploaded", "last update", "deleted")]
     rows += [
         (str(e.id), e.completion, e.uploaded or "-", e.last_update or "-", e.deleted or "-")

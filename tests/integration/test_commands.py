@@ -136,7 +136,9 @@ def test_status_keygen_and_decrypt_for_the_recipient(setup: Setup, broker_server
     assert setup.run("run").returncode == 0
     table = setup.run("status")
     assert table.returncode == 0
-    header, row = table.stdout.splitlines()
+    last_run, last_success, blank, header, row = table.stdout.splitlines()
+    assert last_run.startswith("last run: ") and last_run.endswith("UTC, succeeded") and not blank
+    assert last_success.startswith("last successful run: 20")
     assert header.split() == ["id", "completion", "uploaded", "last", "update", "deleted"]
     assert row.split()[:2] == [str(request_id), "1.0"]
 

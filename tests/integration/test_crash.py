@@ -86,6 +86,8 @@ def test_killed_run_then_clean_run_equals_an_uninterrupted_run(
         "status.xml": {**comparable_state(tmp_path / "ref"), gone: comparable_state(setup.state_dir)[gone]},
     }
     assert comparable_state(setup.state_dir)[gone][2] == "deleted"
-    assert sorted(p.name for p in setup.state_dir.iterdir()) == ["lock", "notes.txt", "status.xml", "status.xml.prev", "work"]
+    assert sorted(p.name for p in setup.state_dir.iterdir()) == [
+        "last-run.json", "lock", "notes.txt", "status.xml", "status.xml.prev", "work",
+    ]
     assert [p.name for p in (setup.state_dir / "work").iterdir()] == ["operator.txt"]
     assert (setup.state_dir / "notes.txt").read_text() == "mine too"

@@ -238,7 +238,9 @@ def test_a_network_fault_at_any_step_ends_in_time_and_loses_nothing(
     assert sorted(state) == sorted({*ids, gone})
     assert state.get(gone, ("", "", False))[2] == (cell.phase == "remove")
     assert comparable_state((setup.folder / "status.xml").read_bytes()) == state
-    assert sorted(p.name for p in setup.state_dir.iterdir()) == ["lock", "operator.txt", "status.xml", "status.xml.prev"]
+    assert sorted(p.name for p in setup.state_dir.iterdir()) == [
+        "last-run.json", "lock", "operator.txt", "status.xml", "status.xml.prev",
+    ]
 
 
 # The commands an operator runs by hand, each held where it waits on the peer (None: the peer
@@ -275,7 +277,7 @@ def test_a_command_run_by_hand_ends_in_time_when_a_peer_stops_answering(
     # An upload cut short leaves only its temporary name, which the next run removes.
     assert [n for n in setup.remote_files() if not PARTIAL.fullmatch(n)] == [f"export_{request_id}.zip", "status.xml"]
     # No work file left (verify --deep downloads into the state directory).
-    assert {p.name for p in setup.state_dir.iterdir()} - {"status.xml.prev"} == {"lock", "status.xml"}
+    assert {p.name for p in setup.state_dir.iterdir()} - {"status.xml.prev"} == {"last-run.json", "lock", "status.xml"}
     if command[0] == "redeliver":
         # Queued, not yet delivered: the next run, not held by any lock, delivers it again.
         again = setup.run("run", config=faulty)

@@ -205,7 +205,7 @@ def test_broken_or_oversized_download(setup: Setup, broker_server: BrokerServer,
     }
     assert expected[fault] in one_error_line(failed.stderr)
     assert setup.remote_files() == ["status.xml"]
-    assert sorted(p.name for p in setup.state_dir.iterdir()) == ["lock", "status.xml"]
+    assert sorted(p.name for p in setup.state_dir.iterdir()) == ["last-run.json", "lock", "status.xml"]
     if fault == "too-large":
         setup.config.write_text(config.replace("max_download_mib = 1", "max_download_mib = 8"))
     proxy.rules.clear()

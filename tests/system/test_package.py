@@ -169,6 +169,11 @@ def test_a_delivery_under_systemd(system: Container, broker_server: BrokerServer
     assert system.run("stat", "-c", "%U %a", "/var/lib/aktin/sftp").stdout.split() == ["aktin-sftp", "700"]
     shown = system.run("systemctl", "status", "--no-pager", SERVICE, check=False).stdout
     assert "status=0/SUCCESS" in shown and "run finished: 2 delivered" in shown
+    # Monitoring asks as root (sudo in NRPE) or as the service user; both read the same record.
+    for health in (("aktin-broker-sftp", "health"), ("runuser", "-u", "aktin-sftp", "--", "aktin-broker-sftp", "health")):
+        checked = system.run(*health, check=False)
+        assert checked.returncode == 0 and checked.stdout.startswith("OK - "), checked.stdout + checked.stderr
+        assert "delivered=2 " in checked.stdout
 
     entries = journal(system)
     delivered = [e for e in entries if e.get("MESSAGE_ID") == events.DELIVERED]

@@ -1,0 +1,111 @@
+"""The last delivery run (start, end, outcome) and the last successful one, for `status` and
+for monitoring (`health`, in the Nagios plugin format). Kept beside status.xml, which goes to the
+recipient and keeps the upstream uploader's format, in a file of its own."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from aktin_sftp.errors import SyncError
+from aktin_sftp.files import write_atomic
+from aktin_sftp.state import TIME_FORMAT
+
+NAME = "last-run.json"
+OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+_LABELS = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
+
+
+@dataclass(frozen=True)
+class LastRun:
+    started: str
+    ended: str
+    exit_code: int
+    # The one-line reason of a failed run; empty for a successful one.
+    reason: str
+    last_success: str | None
+
+
+class Damaged(SyncError):
+    pass
+
+
+def parse(data: bytes, source: str) -> LastRun:
+    try:
+        run = LastRun(**json.loads(data))
+        for moment in (run.started, run.ended, run.last_success):
+            if moment is not None:
+                _moment(moment)
+        if not isinstance(run.exit_code, int) or not isinstance(run.reason, str):
+            raise TypeError("exit_code or reason")
+    except (ValueError, TypeError) as exc:
+        raise Damaged(f"{source}: not a record of a run ({type(exc).__name__})") from None
+    return run
+
+
+def load(state_dir: Path) -> LastRun | None:
+    path = state_dir / NAME
+    try:
+        return parse(path.read_bytes(), str(path))
+    except FileNotFoundError:
+        return None
+
+
+def record(state_dir: Path, started: datetime, exit_code: int, reason: str) -> None:
+    ended = datetime.now(timezone.utc)
+    before = load(state_dir)
+    success = ended.strftime(TIME_FORMAT) if exit_code == 0 else before.last_success if before else None
+    run = LastRun(started.strftime(TIME_FORMAT), ended.strftime(TIME_FORMAT), exit_code, reason, success)
+    write_atomic(state_dir / NAME, json.dumps(asdict(run), indent=1).encode() + b"\n")
+
+
+def _moment(text: str) -> datetime:
+    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=timezone.utc)
+
+
+def verdict(run: LastRun | None, delivered: int, now: datetime, warn: float, crit: float) -> tuple[int, str]:
+    """The Nagios plugin line and exit code: the age of the last success decides, and a failed
+    last run is at least a warning."""
+    if run is None:
+        return WARNING, f"WARNING - no delivery run recorded yet | delivered={delivered}"
+    age = None if run.last_success is None else (now - _moment(run.last_success)).total_seconds()
+    duration = (_moment(run.ended) - _moment(run.started)).total_seconds()
+    perf = f"delivered={delivered} last_run_duration={duration:.0f}s"
+    if age is not None:
+        perf += f" last_success_age={age:.0f}s;{warn:.0f};{crit:.0f}"
+    failed = f"last run at {run.ended} UTC failed (exit {run.exit_code}): {run.reason}"
+    if age is None:
+        code, text = CRITICAL, f"no successful run recorded; {failed}"
+    elif age > crit:
+        code, text = CRITICAL, f"last successful run {_ago(age)} ago" + (f"; {failed}" if run.exit_code else "")
+    elif run.exit_code:
+        code, text = WARNING, f"{failed}; last success {_ago(age)} ago"
+    elif age > warn:
+        code, text = WARNING, f"last successful run {_ago(age)} ago"
+    else:
+        code, text = OK, f"last run at {run.ended} UTC delivered; {delivered} requests delivered"
+    return code, f"{_LABELS[code]} - {text} | {perf}"
+
+
+def unknown(problem: str) -> tuple[int, str]:
+    return UNKNOWN, f"UNKNOWN - {problem}"
+
+
+def _ago(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
+
+
+def duration(text: str) -> float:
+    """`90m`, `2h`, `1d` or plain seconds, for --warn and --crit."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise ValueError(f"{text!r} is no duration (write 90m, 2h, 1d or seconds)") from None
+    if value <= 0:
+        raise ValueError(f"{text!r} is no duration (write 90m, 2h, 1d or seconds)")
+    return value
