@@ -8,10 +8,13 @@ name there, then renamed), mode 0600 in folders of mode 0700.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
+import lzma
 import os
 import re
+import stat
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -22,7 +25,7 @@ from typing import Protocol
 from aktin_sftp import crypto, state
 from aktin_sftp.config import ReceiveConfig
 from aktin_sftp.crypto import Writer
-from aktin_sftp.errors import EX_CONFIG, EX_DATAERR, ConfigError, SyncError
+from aktin_sftp.errors import EX_CONFIG, EX_DATAERR, ConfigError, SyncError, UnavailableError
 from aktin_sftp.faults import checkpoint
 from aktin_sftp.files import Hashing, open_private
 from aktin_sftp.lock import exclusive
@@ -40,10 +43,17 @@ STATUS_LIMIT = 64 << 20
 # and unfinished plaintext in the inbox.
 _TOKEN = re.compile(r"\.receive_[0-9]+\.fernet")
 _UNFINISHED = re.compile(r"\.export_[0-9]+\.zip\.partial")
+# As the sender writes them; anything else would end up in log lines unchecked.
+_KEY_ID = re.compile(r"[0-9a-f]{16}")
 
 
 def result_name(request_id: int) -> str:
     return f"export_{request_id}.zip"
+
+
+class Differs(Exception):
+    """Found while reading a file: it is not the one listed a moment ago. The sender removed
+    or replaced it meanwhile, or someone put something else under its name."""
 
 
 class Source(Protocol):
@@ -51,7 +61,8 @@ class Source(Protocol):
 
     def listing(self) -> dict[str, int]: ...
 
-    def download(self, name: str, local: Writer) -> None: ...
+    def download(self, name: str, local: Writer) -> None:
+        """Raises Differs when `name` is no regular file (anymore); so may `local.write`."""
 
 
 class LocalFolder:
@@ -67,7 +78,19 @@ class LocalFolder:
         return {e.name: e.stat().st_size for e in os.scandir(self.folder) if e.is_file(follow_symlinks=False)}
 
     def download(self, name: str, local: Writer) -> None:
-        with open(self.folder / name, "rb") as handle:
+        # The folder is writable by the sender's login: what was a file when listed may be a
+        # symbolic link to any file of this machine, or a FIFO that would block, by now.
+        try:
+            descriptor = os.open(self.folder / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            raise Differs("is missing") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise Differs("is a symbolic link") from None
+            raise
+        with os.fdopen(descriptor, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                raise Differs("is not a regular file")
             while chunk := handle.read(1 << 20):
                 local.write(chunk)
 
@@ -85,7 +108,15 @@ class SftpFolder:
         return self.remote.listing()
 
     def download(self, name: str, local: Writer) -> None:
-        self.remote.download(name, local)
+        try:
+            self.remote.download(name, local)
+        except UnavailableError:
+            raise
+        except SyncError:
+            # The server's "no such file" arrives as any other refusal; the folder tells which.
+            if name not in self.remote.listing():
+                raise Differs("is missing") from None
+            raise
 
 
 @dataclass
@@ -153,7 +184,7 @@ def receive(config: ReceiveConfig, dry_run: bool = False, show: Callable[[str], 
     with exclusive(config.state_dir / "lock"), _source(config) as source:
         store = InboxFile(config.state_dir / STATE_NAME)
         inbox = store.load()
-        entries = _status(source)
+        entries, listing = _status(source)
         plan = due(entries, inbox)
         summary = Summary(unchanged=len(entries) - len(plan.fetch) - len(plan.withdrawn) - len(plan.unvouched))
         for request_id in plan.unvouched:
@@ -164,6 +195,8 @@ def receive(config: ReceiveConfig, dry_run: bool = False, show: Callable[[str], 
                 show(f"would receive request {entry.id} ({'changed' if entry.id in inbox.received else 'new'})")
             for entry in plan.withdrawn:
                 show(f"would report request {entry.id} as withdrawn")
+            show(f"receive --dry-run: {len(plan.fetch)} to receive, {len(plan.withdrawn)} withdrawn, "
+                 f"{summary.unchanged} unchanged; nothing was changed")
             return summary
         _drop_leftovers(config)
         for entry in plan.withdrawn:
@@ -172,7 +205,7 @@ def receive(config: ReceiveConfig, dry_run: bool = False, show: Callable[[str], 
             summary.withdrawn += 1
         for entry in plan.fetch:
             try:
-                _take_in(config, source, entry, keys, inbox)
+                _take_in(config, source, listing, entry, keys, inbox)
                 summary.received += 1
             except Refused as refusal:
                 log.log(logging.ERROR if refusal.exit_code else logging.WARNING, "request %s: %s", entry.id, refusal)
@@ -196,20 +229,37 @@ def _source(config: ReceiveConfig) -> Iterator[Source]:
         yield SftpFolder(remote)
 
 
-def _status(source: Source) -> dict[int, Entry]:
+def _status(source: Source) -> tuple[dict[int, Entry], dict[str, int]]:
+    """status.xml, and the folder's listing taken with it: one listing a run, since a folder
+    of tens of thousands of files is slow to list. What changes after it, the download sees."""
     where = source.where(STATUS_NAME)
-    size = source.listing().get(STATUS_NAME)
+    listing = source.listing()
+    size = listing.get(STATUS_NAME)
     if size is None:
         raise SyncError(f"{where} is missing: the sender has delivered nothing there yet")
     if size > STATUS_LIMIT:
         raise SyncError(f"{where} is {size >> 20} MiB: no status.xml is that large; not read")
     data = _Bytes(STATUS_LIMIT)
-    source.download(STATUS_NAME, data)
+    try:
+        source.download(STATUS_NAME, data)
+    except Differs as differs:
+        raise SyncError(f"{where} {differs}; nothing was taken in, the next run tries again") from None
     checkpoint("receive:status")
     try:
-        return state.parse(bytes(data.data), where)
+        entries = state.parse(bytes(data.data), where)
     except state.Damaged as exc:
         raise DataError(f"{exc.problem}: nothing was taken in; ask the sender to check its status.xml") from None
+    for entry in entries.values():
+        # Shown in log lines and kept in received.json: only what the sender itself writes.
+        if entry.copy is not None and not _KEY_ID.fullmatch(entry.copy.key_id):
+            odd = f"the key-id {entry.copy.key_id[:40]!r}"
+        elif entry.deleted is not None and not (entry.deleted.isprintable() and len(entry.deleted) <= 64):
+            odd = f"the deleted time {entry.deleted[:40]!r}"
+        else:
+            continue
+        raise DataError(f"{where}: request {entry.id} has {odd}, which the sender never writes: nothing was taken in; "
+                        "ask the sender to check its status.xml")
+    return entries, listing
 
 
 class _Bytes:
@@ -219,12 +269,30 @@ class _Bytes:
 
     def write(self, chunk: bytes) -> int:
         if len(self.data) + len(chunk) > self.limit:
-            raise SyncError(f"status.xml grew beyond {self.limit >> 20} MiB while being read; not read")
+            raise Differs(f"grew beyond {self.limit >> 20} MiB while being read")
         self.data += chunk
         return len(chunk)
 
 
-def _take_in(config: ReceiveConfig, source: Source, entry: Entry, keys: Mapping[str, bytes], inbox: Inbox) -> None:
+class _Bounded:
+    """Stops a read at the size status.xml vouches for: a file growing while it is read (or a
+    device put under its name) is not read on and on into the state directory."""
+
+    def __init__(self, target: Writer, size: int) -> None:
+        self.target = target
+        self.left = size
+
+    def write(self, chunk: bytes) -> int:
+        self.left -= len(chunk)
+        if self.left < 0:
+            raise Differs("grew beyond the size status.xml says while being read")
+        self.target.write(chunk)
+        return len(chunk)
+
+
+def _take_in(
+    config: ReceiveConfig, source: Source, listing: Mapping[str, int], entry: Entry, keys: Mapping[str, bytes], inbox: Inbox
+) -> None:
     """Fetches, checks, decrypts and places one request's file; records it in `inbox`."""
     assert entry.copy is not None
     name = result_name(entry.id)
@@ -237,7 +305,7 @@ def _take_in(config: ReceiveConfig, source: Source, entry: Entry, keys: Mapping[
         )
     token = config.state_dir / f".receive_{entry.id}.fernet"
     try:
-        problem = _fetch(source, name, entry.copy, token)
+        problem = _fetch(source, listing, name, entry.copy, token)
         if problem:
             raise _mismatch(config, entry, inbox, f"{source.where(name)} {problem}")
         inbox.mismatches.pop(entry.id, None)
@@ -247,6 +315,7 @@ def _take_in(config: ReceiveConfig, source: Source, entry: Entry, keys: Mapping[
             plain = _decrypt(key, token, unfinished, source.where(name))
             checkpoint("receive:decrypted")
             _place(config.inbox, name, unfinished, plain)
+            checkpoint("receive:placed")
         finally:
             unfinished.unlink(missing_ok=True)
     finally:
@@ -255,16 +324,19 @@ def _take_in(config: ReceiveConfig, source: Source, entry: Entry, keys: Mapping[
     log.info("request %s: received %s as %s", entry.id, source.where(name), config.inbox / name)
 
 
-def _fetch(source: Source, name: str, vouched: state.Copy, token: Path) -> str | None:
+def _fetch(source: Source, listing: Mapping[str, int], name: str, vouched: state.Copy, token: Path) -> str | None:
     """Downloads the token; what makes it differ from status.xml, or None."""
-    listed = source.listing().get(name)
+    listed = listing.get(name)
     if listed is None:
         return "is missing"
     if listed != vouched.size:
         return f"has {listed} bytes, status.xml says {vouched.size}"
     with open_private(token) as handle:
         hashing = Hashing(handle)
-        source.download(name, hashing)
+        try:
+            source.download(name, _Bounded(hashing, vouched.size))
+        except Differs as differs:
+            return str(differs)
         got = handle.tell()
     checkpoint("receive:fetched")
     if got != vouched.size:
@@ -283,8 +355,9 @@ def _mismatch(config: ReceiveConfig, entry: Entry, inbox: Inbox, problem: str) -
     inbox.mismatches[entry.id] = Mismatch(entry.copy.sha256, runs)
     if runs < config.mismatch_runs:
         return Refused(f"{problem}: not taken in, tried again on the next run ({runs} of {config.mismatch_runs})", 0)
+    persisted = f", in {runs} runs in a row" if runs > 1 else ""
     return Refused(
-        f"{problem}, in {runs} runs in a row: not taken in; ask the sender to deliver it again "
+        f"{problem}{persisted}: not taken in; ask the sender to deliver it again "
         f"(aktin-broker-sftp redeliver {entry.id})", EX_DATAERR,
     )
 
@@ -302,8 +375,10 @@ def _decrypt(key: bytes, token: Path, unfinished: Path, where: str) -> str:
     try:
         with zipfile.ZipFile(unfinished) as bundle:
             broken = bundle.testzip()
-    except zipfile.BadZipFile as exc:
-        raise Refused(f"{where} decrypts, but not to a zip ({exc})", EX_DATAERR) from None
+    # What zipfile raises for a member it cannot read: a compression method or encryption it
+    # does not know (RuntimeError), a broken LZMA or bzip2 stream (LZMAError, OSError), one cut short.
+    except (zipfile.BadZipFile, RuntimeError, lzma.LZMAError, OSError, EOFError) as exc:
+        raise Refused(f"{where} decrypts, but not to a zip this can read ({type(exc).__name__}: {exc})", EX_DATAERR) from None
     if broken is not None:
         raise Refused(f"{where} decrypts to a zip whose member {broken!r} is damaged", EX_DATAERR)
     return hashing.digest.hexdigest()
@@ -333,14 +408,24 @@ def _next_version(folder: Path, name: str) -> str:
 def _withdraw(config: ReceiveConfig, entry: Entry, inbox: Inbox) -> None:
     name = result_name(entry.id)
     placed = config.inbox / name
-    if config.move_withdrawn and placed.exists():
-        withdrawn = config.inbox / "withdrawn"
+    withdrawn = config.inbox / "withdrawn"
+    if not config.move_withdrawn:
+        where = f"{name} left in the inbox" if placed.exists() else f"{name} is no longer in the inbox"
+    elif placed.exists():
         _private_folder(withdrawn, "[inbox] directory")
+        if (withdrawn / name).exists():
+            # Withdrawn before, delivered again and withdrawn once more: the first one is kept too.
+            previous = config.inbox / "previous"
+            _private_folder(previous, "[inbox] directory")
+            os.replace(withdrawn / name, previous / _next_version(previous, name))
         os.replace(placed, withdrawn / name)
         _sync(config.inbox)
-        log.info("request %s: withdrawn by the sender on %s; moved %s to %s", entry.id, entry.deleted, name, withdrawn)
+        checkpoint("receive:withdrawn")
+        where = f"moved {name} to {withdrawn}"
     else:
-        log.info("request %s: withdrawn by the sender on %s; %s left in the inbox", entry.id, entry.deleted, name)
+        # Moved by a run killed before it could record it, or taken away by the recipient.
+        where = f"{name} is in {withdrawn}" if (withdrawn / name).exists() else f"{name} is no longer in the inbox"
+    log.info("request %s: withdrawn by the sender on %s; %s", entry.id, entry.deleted, where)
     inbox.received[entry.id].withdrawn = entry.deleted
 
 
