@@ -186,6 +186,43 @@ def test_a_delivery_under_systemd(system: Container, broker_server: BrokerServer
     assert ADMIN_KEY not in text and PASSWORD not in text and key.decode() not in text
 
 
+def test_the_recipients_receive_unit_takes_in_what_was_delivered(system: Container, ssh_server: SshServer) -> None:
+    """The recipient's side under its own hardened unit, started by hand as the README says
+    (the package enables neither it nor its timer), from the folder the delivery above filled."""
+    folder = ssh_server.upload / f"systemd-delivery-{system.suite}"
+    delivered = sorted(p.name for p in folder.iterdir() if p.name != "status.xml")
+    etc = system.path("/etc/aktin")
+    (etc / "receive.toml").write_text(
+        f'[sftp]\nhost = "127.0.0.1"\nport = {ssh_server.port}\nusername = "{USER}"\n'
+        'password_file = "/etc/aktin/sftp-password"\nknown_hosts = "/etc/aktin/sftp-known_hosts"\n'
+        f'folder = "{SshServer.remote(folder)}"\n\n[keys]\nfiles = ["/etc/aktin/sftp-fernet.key"]\n'
+    )
+    system.run("chown", "root:aktin-sftp", "/etc/aktin/receive.toml")
+    system.run("chmod", "0640", "/etc/aktin/receive.toml")
+    receiver = "aktin-broker-sftp-receive.service"
+
+    started = system.run("systemctl", "start", receiver, check=False)
+    lines = system.run("journalctl", "-u", receiver, "-o", "cat", "--no-pager").stdout
+    assert started.returncode == 0, lines
+    assert unit(system, receiver, "Result")["Result"] == "success"
+    inbox = system.path("/var/lib/aktin/receive/inbox")
+    assert sorted(p.name for p in inbox.iterdir()) == delivered
+    key = Fernet((etc / "sftp-fernet.key").read_bytes().strip())
+    for name in delivered:
+        assert (inbox / name).read_bytes() == key.decrypt((folder / name).read_bytes())
+    assert system.run("stat", "-c", "%U %a", "/var/lib/aktin/receive/inbox").stdout.split() == ["aktin-sftp", "700"]
+    assert {system.run("stat", "-c", "%a", f"/var/lib/aktin/receive/inbox/{n}").stdout.strip() for n in delivered} == {"600"}
+    assert f"receive: {len(delivered)} received, 0 withdrawn, 0 refused, 0 unchanged" in lines
+
+    # Again: nothing new, nothing fetched; --status as the service user lists what came in.
+    assert system.run("systemctl", "start", receiver, check=False).returncode == 0
+    again = system.run("journalctl", "-u", receiver, "-o", "cat", "--no-pager").stdout
+    assert f"receive: 0 received, 0 withdrawn, 0 refused, {len(delivered)} unchanged" in again
+    listed = system.run("runuser", "-u", "aktin-sftp", "--", "aktin-broker-sftp", "receive", "--status").stdout
+    assert sorted(re.findall(r"(export_\d+\.zip) received", listed)) == delivered
+    assert system.run("systemctl", "is-enabled", "aktin-broker-sftp-receive.timer", check=False).stdout.strip() == "disabled"
+
+
 def test_an_upstream_working_dir_is_a_clear_78_and_import_takes_its_state_over(
     system: Container, broker_server: BrokerServer, ssh_server: SshServer
 ) -> None:
@@ -346,5 +383,7 @@ def test_remove_keeps_state_and_purge_removes_it_but_keeps_the_user(system: Cont
     assert state.exists()
     system.run("env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "purge", "-y", "-q", "aktin-broker-sftp")
     assert not system.path("/var/lib/aktin/sftp").exists()
+    # The recipient's inbox is the received data itself: no package operation removes it.
+    assert system.path("/var/lib/aktin/receive/inbox").is_dir() and any(system.path("/var/lib/aktin/receive/inbox").iterdir())
     assert not system.path("/etc/aktin/sftp.toml").exists()
     assert "aktin-sftp" in system.run("id", "aktin-sftp").stdout
