@@ -174,34 +174,14 @@ def journal_handler() -> logging.Handler | None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    settings = config.load(args.config)
-    if args.dry_run:
-        sync.run(settings, dry_run=True)
-        return
-    started = datetime.now(timezone.utc)
-    try:
-        sync.run(settings)
-    except LockedError:
-        # Not a run of its own: the one holding the lock records its outcome.
-        raise
-    except (SyncError, OSError) as exc:
-        code = exc.exit_code if isinstance(exc, SyncError) else EX_FAILURE
-        _record(settings.state_dir, started, code, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        raise
-    _record(settings.state_dir, started, 0, "")
-
-
-def _record(state_dir: Path, started: datetime, code: int, reason: str) -> None:
-    try:
-        lastrun.record(state_dir, started, code, reason)
-    except OSError as exc:
-        # The run's own outcome matters more than its record: a failed record is no failed run.
-        log.warning("could not record the run in %s (%s); health and status show an older run", state_dir, exc.strerror)
+    sync.run(config.load(args.config), dry_run=args.dry_run)
 
 
 def _health(args: argparse.Namespace) -> int:
     try:
         warn, crit = lastrun.duration(args.warn), lastrun.duration(args.crit)
+        if warn > crit:
+            raise ValueError(f"--warn {args.warn} is longer than --crit {args.crit}")
     except ValueError as exc:
         code, line = lastrun.unknown(str(exc))
     else:
@@ -225,13 +205,13 @@ def _status(args: argparse.Namespace) -> None:
             f"state directory {settings.state_dir} does not exist: no run has used it; check [state] directory"
         )
     entries = StatusFile(settings.state_dir / sync.STATUS_NAME).load()
-    run = lastrun.load(settings.state_dir)
-    if run is None:
-        print("last run: none recorded")
+    try:
+        run = lastrun.load(settings.state_dir)
+    except lastrun.Damaged as exc:
+        # The table is what status is for; the next run replaces the record.
+        print(f"last run: unknown ({exc})")
     else:
-        outcome = "succeeded" if run.exit_code == 0 else f"failed (exit {run.exit_code}): {run.reason}"
-        print(f"last run: {run.started} to {run.ended} UTC, {outcome}")
-        print(f"last successful run: {run.last_success + ' UTC' if run.last_success else 'none recorded'}")
+        _show_last_run(run)
     print()
     rows = [("id", "completion", "uploaded", "last update", "deleted")]
     rows += [
@@ -243,6 +223,15 @@ def _status(args: argparse.Namespace) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     if not entries:
         print("(nothing delivered yet)")
+
+
+def _show_last_run(run: lastrun.LastRun | None) -> None:
+    if run is None:
+        print("last run: none recorded")
+        return
+    outcome = "succeeded" if run.exit_code == 0 else f"failed (exit {run.exit_code}): {run.reason}"
+    print(f"last run: {run.started} to {run.ended} UTC, {outcome}")
+    print(f"last successful run: {run.last_success + ' UTC' if run.last_success else 'none recorded'}")
 
 
 def _check(args: argparse.Namespace) -> None:

@@ -5,17 +5,23 @@ recipient and keeps the upstream uploader's format, in a file of its own."""
 from __future__ import annotations
 
 import json
+import logging
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from aktin_sftp.errors import SyncError
+from aktin_sftp.errors import EX_FAILURE, EX_SOFTWARE, SyncError
 from aktin_sftp.files import write_atomic
 from aktin_sftp.state import TIME_FORMAT
 
 NAME = "last-run.json"
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 _LABELS = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,9 +41,10 @@ class Damaged(SyncError):
 def parse(data: bytes, source: str) -> LastRun:
     try:
         run = LastRun(**json.loads(data))
-        for moment in (run.started, run.ended, run.last_success):
-            if moment is not None:
-                _moment(moment)
+        _moment(run.started)
+        _moment(run.ended)
+        if run.last_success is not None:
+            _moment(run.last_success)
         if not isinstance(run.exit_code, int) or not isinstance(run.reason, str):
             raise TypeError("exit_code or reason")
     except (ValueError, TypeError) as exc:
@@ -53,9 +60,40 @@ def load(state_dir: Path) -> LastRun | None:
         return None
 
 
+@contextmanager
+def recorded(state_dir: Path) -> Iterator[None]:
+    """Records the outcome of the run it wraps. The run holds the state's lock, so no other
+    process writes the record meanwhile, and only a user allowed to keep the state (not root in
+    the service's directory) gets this far. A run ended by a signal records nothing."""
+    started = datetime.now(timezone.utc)
+    code, reason = EX_SOFTWARE, "ended by an internal error (see the journal)"
+    try:
+        yield
+        code, reason = 0, ""
+    except SyncError as exc:
+        code, reason = exc.exit_code, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        code, reason = EX_FAILURE, f"local file error{where}: {exc.strerror or exc}"
+        raise
+    finally:
+        try:
+            record(state_dir, started, code, reason)
+        except OSError as exc:
+            # The run's own outcome matters more than its record: a failed record is no failed run.
+            log.warning("could not record the run in %s (%s); health and status show an older run", state_dir,
+                        exc.strerror)
+
+
 def record(state_dir: Path, started: datetime, exit_code: int, reason: str) -> None:
     ended = datetime.now(timezone.utc)
-    before = load(state_dir)
+    try:
+        before = load(state_dir)
+    except Damaged as exc:
+        # Only its last success is taken over; a damaged one must not stop every later record.
+        log.warning("%s; it is replaced by the record of this run", exc)
+        before = None
     success = ended.strftime(TIME_FORMAT) if exit_code == 0 else before.last_success if before else None
     run = LastRun(started.strftime(TIME_FORMAT), ended.strftime(TIME_FORMAT), exit_code, reason, success)
     write_atomic(state_dir / NAME, json.dumps(asdict(run), indent=1).encode() + b"\n")
@@ -75,7 +113,9 @@ def verdict(run: LastRun | None, delivered: int, now: datetime, warn: float, cri
     perf = f"delivered={delivered} last_run_duration={duration:.0f}s"
     if age is not None:
         perf += f" last_success_age={age:.0f}s;{warn:.0f};{crit:.0f}"
-    failed = f"last run at {run.ended} UTC failed (exit {run.exit_code}): {run.reason}"
+    # The plugin format splits at '|' and reads one line.
+    reason = " ".join(run.reason.replace("|", "/").split())
+    failed = f"last run at {run.ended} UTC failed (exit {run.exit_code}): {reason}"
     if age is None:
         code, text = CRITICAL, f"no successful run recorded; {failed}"
     elif age > crit:
@@ -106,6 +146,6 @@ def duration(text: str) -> float:
         value = float(number) * units[unit]
     except ValueError:
         raise ValueError(f"{text!r} is no duration (write 90m, 2h, 1d or seconds)") from None
-    if value <= 0:
+    if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{text!r} is no duration (write 90m, 2h, 1d or seconds)")
     return value

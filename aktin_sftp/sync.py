@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aktin_sftp import crypto, events, progress
+from aktin_sftp import crypto, events, lastrun, progress
 from aktin_sftp.broker import Broker, RequestFailed
 from aktin_sftp.config import DEFAULT_STATE_DIR, Config, SftpConfig
 from aktin_sftp.errors import Cancelled, ConfigError, SyncError
@@ -47,15 +47,17 @@ class Outcome:
 
 
 def run(config: Config, dry_run: bool = False, show: Callable[[str], None] = print) -> Outcome:
-    key = crypto.load_key(config.key_file)
-    target = Target(crypto.key_id(key), config.sftp.destination)
     if dry_run:
+        key = crypto.load_key(config.key_file)
+        target = Target(crypto.key_id(key), config.sftp.destination)
         entries = StatusFile(config.state_dir / STATUS_NAME).load()
         with Broker(config.broker) as broker:
             observed, unreadable = observe(broker, config.broker.tag)
         _show_plan(make_plan(observed.values(), entries, config.max_delete, target, unreadable), unreadable, show)
         return Outcome()
-    with locked_state(config.state_dir) as store:
+    with locked_state(config.state_dir) as store, lastrun.recorded(config.state_dir):
+        key = crypto.load_key(config.key_file)
+        target = Target(crypto.key_id(key), config.sftp.destination)
         entries = store.load()
         with Broker(config.broker) as broker, _connecting(config.sftp) as connected:
             observed, unreadable = observe(broker, config.broker.tag)

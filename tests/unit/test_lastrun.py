@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
 
-from aktin_sftp import cli, lastrun
+from aktin_sftp import cli, lastrun, sync
 from aktin_sftp.state import TIME_FORMAT
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=timezone.utc)
@@ -54,16 +56,18 @@ def test_durations() -> None:
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
-    for name, text in (("fernet.key", Fernet.generate_key().decode()), ("known_hosts", "[h]:22 ssh-ed25519 AAAA\n")):
+    for name, text in (("fernet.key", Fernet.generate_key().decode()), ("known_hosts", "[127.0.0.1]:1 ssh-ed25519 AAAA\n")):
         (tmp_path / name).write_text(text)
         (tmp_path / name).chmod(0o600)
     path = tmp_path / "sftp.toml"
     path.write_text(f"""[broker]
-url = "http://localhost:1"
+url = "http://127.0.0.1:1"
 api_key = "k"
 tag = "t"
+timeout = 2
 [sftp]
-host = "h"
+host = "127.0.0.1"
+port = 1
 username = "u"
 password = "p"
 known_hosts = "known_hosts"
@@ -91,7 +95,10 @@ def test_the_command_reads_the_state_and_exits_with_the_verdict(config: Path, ca
     assert sorted(p.name for p in state.iterdir()) == ["last-run.json"]
 
 
-@pytest.mark.parametrize("damage", [b"{not json", b'{"started": "yesterday"}', b"[]"])
+NULL_TIMES = b'{"started": null, "ended": null, "exit_code": 0, "reason": "", "last_success": null}'
+
+
+@pytest.mark.parametrize("damage", [b"{not json", b'{"started": "yesterday"}', b"[]", NULL_TIMES])
 def test_a_damaged_record_is_unknown(config: Path, damage: bytes, capsys: pytest.CaptureFixture[str]) -> None:
     state = config.parent / "state"
     state.mkdir()
@@ -108,3 +115,60 @@ def test_a_damaged_status_or_config_is_unknown(config: Path, capsys: pytest.Capt
     assert capsys.readouterr().out.startswith("UNKNOWN - ")
     assert cli.main(["--config", str(config.parent / "missing.toml"), "health"]) == 3
     assert "config file not found" in capsys.readouterr().out
+
+
+def test_a_failed_run_is_recorded_with_its_exit_code_and_reason(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Nobody reads the journal: health must say the last run failed, and why."""
+    assert cli.main(["--config", str(config), "run"]) == 69
+    assert cli.main(["--config", str(config), "health"]) == 2
+    line = capsys.readouterr().out
+    assert line.startswith("CRITICAL - no successful run recorded; last run at ") and "failed (exit 69): broker at" in line
+
+
+def test_an_internal_error_is_recorded_as_70(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(sync, "observe", broken)
+    assert cli.main(["--config", str(config), "run"]) == 70
+    record = json.loads((config.parent / "state" / lastrun.NAME).read_bytes())
+    assert (record["exit_code"], record["reason"]) == (70, "ended by an internal error (see the journal)")
+
+
+def test_a_damaged_record_is_replaced_by_the_next_run_and_does_not_change_its_exit_code(config: Path) -> None:
+    state = config.parent / "state"
+    state.mkdir(mode=0o700)
+    (state / lastrun.NAME).write_bytes(b"{not json")
+    assert cli.main(["--config", str(config), "run"]) == 69
+    assert lastrun.load(state) is not None and lastrun.load(state).exit_code == 69  # type: ignore[union-attr]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root's refusal is only seen as root (CI runs as root)")
+def test_root_refused_in_the_services_state_directory_leaves_no_file_there(config: Path) -> None:
+    """A file root wrote there could never be replaced by the service."""
+    state = config.parent / "state"
+    state.mkdir(mode=0o700)
+    os.chown(state, 65534, 65534)
+    assert cli.main(["--config", str(config), "run"]) == 1
+    assert list(state.iterdir()) == []
+
+
+def test_a_reason_cannot_break_the_plugin_line() -> None:
+    run = lastrun.LastRun(at(1.01), at(1), 69, "a | b\nc", at(1.5))
+    code, line = lastrun.verdict(run, 1, NOW, 7200, 21600)
+    assert code == 1 and "\n" not in line and line.count("|") == 1 and "a / b c" in line
+
+
+@pytest.mark.parametrize("warn, crit", [("nan", "6h"), ("inf", "6h"), ("6h", "2h")])
+def test_thresholds_that_say_nothing_are_unknown(config: Path, warn: str, crit: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--config", str(config), "health", "--warn", warn, "--crit", crit]) == 3
+    assert capsys.readouterr().out.startswith("UNKNOWN - ")
+
+
+def test_status_shows_the_table_beside_a_damaged_record(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = config.parent / "state"
+    state.mkdir(mode=0o700)
+    (state / lastrun.NAME).write_bytes(b"[]")
+    assert cli.main(["--config", str(config), "status"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("last run: unknown (") and "(nothing delivered yet)" in out
