@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from aktin_sftp import __version__, audit, config, crypto, events, lastrun, maintenance, receive, sync
+from aktin_sftp import __version__, audit, config, crypto, events, lastrun, maintenance, receive, sync, watch
 from aktin_sftp.broker import Broker
 from aktin_sftp.errors import EX_FAILURE, EX_SOFTWARE, ConfigError, LockedError, SyncError
 from aktin_sftp.files import open_private
@@ -127,6 +129,13 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--warn", default="2h", help="WARNING when the last success is older (default: %(default)s)")
     health.add_argument("--crit", default="6h", help="CRITICAL when the last success is older (default: %(default)s)")
     health.set_defaults(command=_health)
+
+    listen = command("watch", help="listen to the broker's events and ask for a delivery run soon after each")
+    listen.add_argument(
+        "--trigger", type=Path, default=watch.DEFAULT_TRIGGER,
+        help="the file to create when a run is due, which aktin-broker-sftp.path watches (default: %(default)s)",
+    )
+    listen.set_defaults(command=_watch)
 
     take = command("receive", help="the recipient's side: take in, check and decrypt what status.xml vouches for")
     take.add_argument("--dry-run", action="store_true", help="print what would be received, change nothing")
@@ -271,6 +280,20 @@ def _redeliver(args: argparse.Namespace) -> None:
 
 def _verify(args: argparse.Namespace) -> None:
     audit.verify(config.load(args.config), deep=args.deep, repair=args.repair)
+
+
+def _watch(args: argparse.Namespace) -> None:
+    settings = config.load(args.config)
+    stop = threading.Event()
+
+    def stopping(*_: object) -> None:
+        stop.set()
+
+    # systemctl stop: the listener ends within a tick, or once a connect under way is done.
+    signal.signal(signal.SIGTERM, stopping)
+    signal.signal(signal.SIGINT, stopping)
+    watch.watch(settings, args.trigger, stop)
+    log.info("listener stopped")
 
 
 def _receive(args: argparse.Namespace) -> None:

@@ -93,6 +93,12 @@ class SftpConfig:
 
 
 @dataclass(frozen=True)
+class WatchConfig:
+    quiet: float
+    max_delay: float
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     broker: BrokerConfig
@@ -100,6 +106,7 @@ class Config:
     key_file: Path
     state_dir: Path
     max_delete: int
+    watch: WatchConfig
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -305,7 +312,15 @@ def _config(values: Values) -> Config:
         key_file=get("encryption", "key_file"),
         state_dir=get("state", "directory") if ("state", "directory") in values.given else default_state_dir(values.file),
         max_delete=get("state", "max_delete"),
+        watch=_watch(values),
     )
+
+
+def _watch(values: Values) -> WatchConfig:
+    quiet, max_delay = values.get("watch", "quiet_seconds"), values.get("watch", "max_delay_seconds")
+    if max_delay < quiet:
+        values.fail("watch", "max_delay_seconds", f"must be at least quiet_seconds ({quiet:g}), not {max_delay:g}")
+    return WatchConfig(quiet, max_delay)
 
 
 def _sftp(values: Values, parallel: int) -> SftpConfig:

@@ -11,3 +11,6 @@ LOCKED = "20631eaf703e41b3a11fd66eff4abb0d"
 STATUS_UNREADABLE = "68a3a1f5a41b4dffb6007a2609b1078b"
 KEY_CHANGED = "c9555af2199342abbadf2565c18fd8a8"
 DESTINATION_CHANGED = "cb121f629efe41c39d63f8013e0db88f"
+# The listener (watch) asked for a delivery run; it lost the broker's websocket.
+RUN_REQUESTED = "496fcd9a09de4155b850094b34eda734"
+LISTENER_LOST = "5cada06944b842c283c934821fcf85cb"

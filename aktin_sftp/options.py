@@ -82,6 +82,8 @@ SFTP_TOML = Declaration(
         "sftp": "The recipient's SFTP server and folder.",
         "encryption": "The key every delivered file is encrypted with.",
         "state": "What this service keeps between runs.",
+        "watch": "The listener (aktin-broker-sftp watch): a delivery run soon after the broker says something "
+        "happened to a request.",
     },
     options=(
         Option(
@@ -170,6 +172,15 @@ SFTP_TOML = Declaration(
         Option(
             "state", "max_delete", Kind.INTEGER, "Most remote files one run may remove; a run that would remove "
             "more removes none and fails.", "5", default=5, low=0, high=1_000_000,
+        ),
+        Option(
+            "watch", "quiet_seconds", Kind.NUMBER, "Seconds without a further event before the listener starts a "
+            "run, so that a burst of results gives one run.", "20", default=20, low=1, high=3600,
+        ),
+        Option(
+            "watch", "max_delay_seconds", Kind.NUMBER, "Seconds after the first event at most, however many "
+            "follow, before the listener starts a run; at least quiet_seconds.", "120", default=120, low=1,
+            high=86400,
         ),
     ),
     alternatives=(

@@ -25,7 +25,7 @@ SUITES = ("bookworm", "trixie")
 # and requests for the test harness that conftest.py loads).
 PACKAGES = [
     "python3-paramiko", "python3-cryptography", "python3-defusedxml", "python3-systemd", "python3-tomli",
-    "python3-pytest", "python3-requests", "man-db",
+    "python3-pytest", "python3-requests", "python3-websocket", "man-db",
 ]
 MIRROR_VARIABLE = "AKTIN_SFTP_DEBIAN_MIRROR"
 

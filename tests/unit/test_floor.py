@@ -23,7 +23,7 @@ def floors() -> dict[str, str]:
     config.read(ROOT / "setup.cfg")
     found = {}
     for line in config["options"]["install_requires"].strip().splitlines():
-        match = re.fullmatch(r"([a-z0-9]+)>=([0-9.]+)(;.*)?", line.strip())
+        match = re.fullmatch(r"([a-z0-9-]+)>=([0-9.]+)(;.*)?", line.strip())
         assert match, line
         found[match[1]] = match[2]
     return found
@@ -36,11 +36,16 @@ def make_variable(name: str) -> str:
 
 
 def test_the_floor_run_installs_the_floors_that_setup_cfg_requirements_and_the_package_state() -> None:
-    pins = dict(re.findall(r"^([a-z0-9]+)==([0-9.]+)", (ROOT / "constraints-floor.txt").read_text(), re.MULTILINE))
-    requirements = dict(re.findall(r"^([a-z0-9]+)>=([0-9.]+)", (ROOT / "requirements.txt").read_text(), re.MULTILINE))
-    depends = dict(re.findall(r"python3-([a-z0-9]+) \(>= ([0-9.]+)\)", (ROOT / "debian" / "control").read_text()))
+    pins = dict(re.findall(r"^([a-z0-9-]+)==([0-9.]+)", (ROOT / "constraints-floor.txt").read_text(), re.MULTILINE))
+    requirements = dict(re.findall(r"^([a-z0-9-]+)>=([0-9.]+)", (ROOT / "requirements.txt").read_text(), re.MULTILINE))
+    # Debian names websocket-client after the module it installs.
+    packages = {"websocket": "websocket-client"}
+    depends = {
+        packages.get(name, name): version
+        for name, version in re.findall(r"python3-([a-z0-9]+) \(>= ([0-9.]+)\)", (ROOT / "debian" / "control").read_text())
+    }
     wanted = floors()
-    assert set(wanted) == {"paramiko", "cryptography", "defusedxml", "requests", "urllib3", "tomli"}
+    assert set(wanted) == {"paramiko", "cryptography", "defusedxml", "requests", "urllib3", "tomli", "websocket-client"}
     assert {name: pins[name] for name in wanted} == wanted
     assert requirements == wanted
     assert depends == wanted

@@ -1,0 +1,240 @@
+"""The listener (`watch`) against the broker's real admin websocket (or the double's, held to it)
+and a real sshd: a result reaches the SFTP folder seconds after a hospital submitted it, without
+the timer.
+
+systemd's part (aktin-broker-sftp.path starting the service while the trigger file exists, the
+service's start removing it) is played by `PathUnit`; the booted Debian tests run the real units.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, Setup
+from tests.peers import stop
+from tests.peers.broker import NODE_KEYS, BrokerServer, zip_entries
+from tests.peers.toxiproxy import Toxiproxy
+
+QUIET = 2.0
+LONGEST = 12.0
+
+
+@dataclass
+class Run:
+    began: float
+    ended: float
+    code: int
+
+
+@dataclass
+class PathUnit:
+    """As systemd does with PathExists=: while the trigger exists and no run is going on, one
+    run is started, and its start (ExecStartPre=) removes the trigger."""
+
+    setup: Setup
+    trigger: Path
+    config: Path
+    runs: list[Run] = field(default_factory=list)
+    running: bool = False
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stopping.wait(0.05):
+            if not self.trigger.exists():
+                continue
+            began = time.monotonic()
+            self.running = True
+            self.trigger.unlink()
+            done = self.setup.run("run", config=self.config)
+            self.runs.append(Run(began, time.monotonic(), done.returncode))
+            self.running = False
+
+    def wait_for_runs(self, count: int, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while len(self.runs) < count:
+            assert time.monotonic() < deadline, f"{len(self.runs)} runs after {seconds} s, not {count}"
+            time.sleep(0.05)
+
+    def settle(self, seconds: float) -> None:
+        """Waits until no run is due or going on, and none was for `quiet` seconds."""
+        deadline = time.monotonic() + seconds
+        while self.running or self.trigger.exists() or (self.runs and time.monotonic() - self.runs[-1].ended < QUIET + 1):
+            assert time.monotonic() < deadline, f"runs still going on after {seconds} s"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(300)
+
+
+class Listener:
+    """`aktin-broker-sftp watch` in a process of its own, its log lines collected."""
+
+    def __init__(self, setup: Setup, config: Path, trigger: Path) -> None:
+        self.process = subprocess.Popen(
+            [*setup.command(config), "watch", "--trigger", str(trigger)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        )
+        self.lines: list[tuple[float, str]] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append((time.monotonic(), line.rstrip("\n")))
+
+    def wait_for(self, pattern: str, seconds: float, after: float = 0.0) -> float:
+        """When a line matching `pattern` came (at `after` or later)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            for moment, line in list(self.lines):
+                if moment >= after and re.search(pattern, line):
+                    return moment
+            assert time.monotonic() < deadline, f"no line like {pattern!r} within {seconds} s: {self.text()}"
+            time.sleep(0.05)
+
+    def text(self) -> str:
+        return "\n".join(line for _, line in self.lines)
+
+    def stop(self) -> int:
+        stop(self.process, 10)  # type: ignore[arg-type]
+        self.reader.join(10)
+        return self.process.returncode
+
+
+def watch_config(setup: Setup, timeout: float = 10, broker_url: str | None = None) -> Path:
+    text = setup.config.read_text().replace("timeout = 60", f"timeout = {timeout:g}", 1)
+    if broker_url is not None:
+        text = re.sub(r'url = "[^"]*"', f'url = "{broker_url}"', text, count=1)
+    path = setup.config.with_name("watch.toml")
+    path.write_text(text + f"\n[watch]\nquiet_seconds = {QUIET:g}\nmax_delay_seconds = {LONGEST:g}\n")
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture
+def listening(setup: Setup, tmp_path: Path) -> Iterator[tuple[Listener, PathUnit]]:
+    """A listener and the path unit, after the run that catches up on connecting is over."""
+    config = watch_config(setup)
+    trigger = tmp_path / "run" / "trigger"
+    trigger.parent.mkdir(mode=0o700)
+    units = PathUnit(setup, trigger, config)
+    listener = Listener(setup, config, trigger)
+    try:
+        listener.wait_for("listening to the broker's events at ws://", 60)
+        units.wait_for_runs(1, QUIET + 60)
+        yield listener, units
+    finally:
+        code = listener.stop()
+        units.stop()
+    assert code == 0, listener.text()
+    assert "Traceback" not in listener.text()
+    assert all(run.code == 0 for run in units.runs)
+
+
+def delivered(setup: Setup, request_id: int) -> bool:
+    return (setup.folder / f"export_{request_id}.zip").exists()
+
+
+def test_a_submitted_result_is_delivered_within_the_quiet_period_and_one_run(
+    setup: Setup, broker_server: BrokerServer, listening: tuple[Listener, PathUnit]
+) -> None:
+    listener, units = listening
+    request_id = broker_server.create_request([setup.tag])
+    time.sleep(QUIET + 1)
+    units.wait_for_runs(2, 60)
+    before = len(units.runs)
+    submitted = time.monotonic()
+    broker_server.nodes["Sachsenklinik"].submit(request_id, b"seconds, not an hour")
+    while not delivered(setup, request_id):
+        assert time.monotonic() - submitted < QUIET + 60, listener.text()
+        time.sleep(0.05)
+    latency = time.monotonic() - submitted
+    units.wait_for_runs(before + 1, 60)
+    run = units.runs[before]
+    assert latency <= QUIET + 1.5 + (run.ended - run.began), "the quiet period, then one run"
+    assert setup.decrypt(f"export_{request_id}.zip")
+    listener.wait_for("delivery run requested", 5, after=submitted)
+
+
+def test_a_burst_of_fifty_results_leads_to_at_most_two_runs(
+    setup: Setup, broker_server: BrokerServer, listening: tuple[Listener, PathUnit]
+) -> None:
+    _, units = listening
+    requests = [broker_server.create_request([setup.tag]) for _ in range(25)]
+    units.wait_for_runs(2, LONGEST + 120)
+    units.settle(120)
+    before = len(units.runs)
+    for request_id in requests:
+        for name in ("Sachsenklinik", "Schwarzwaldklinik"):
+            broker_server.nodes[name].submit(request_id, f"{name} {request_id}".encode())
+    # Beyond the longest delay after the burst's last event: whatever it asked for is asked by now.
+    time.sleep(LONGEST + 1)
+    units.settle(LONGEST + 180)
+    assert 1 <= len(units.runs) - before <= 2
+    for request_id in requests:
+        results = [n for n in zip_entries(setup.decrypt(f"export_{request_id}.zip")) if "_result" in n]
+        assert len(results) == 2, f"request {request_id}: {results}"
+
+
+@pytest.mark.parametrize("key", ["wrong-key", NODE_KEYS["Sachsenklinik"]], ids=["unknown key", "node key"])
+def test_a_key_the_broker_refuses_ends_the_listener_with_78(setup: Setup, tmp_path: Path, key: str) -> None:
+    config = watch_config(setup)
+    config.write_text(re.sub(r'api_key = "[^"]*"', f'api_key = "{key}"', config.read_text()))
+    done = subprocess.run(
+        [*setup.command(config), "watch", "--trigger", str(tmp_path / "trigger")],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )
+    assert done.returncode == 78, done.stderr
+    assert done.stderr.count("\n") == 1 and "broker refused the API key (HTTP 401)" in done.stderr
+    assert key not in done.stderr
+    assert not (tmp_path / "trigger").exists()
+
+
+def test_a_stalled_websocket_is_noticed_and_the_listener_connects_again(
+    setup: Setup, broker_server: BrokerServer, toxiproxy: Toxiproxy, tmp_path: Path
+) -> None:
+    timeout = 2.0
+    name = f"watch-{setup.tag}"
+    port = toxiproxy.proxy(name, broker_server.port)
+    config = watch_config(setup, timeout=timeout, broker_url=f"http://127.0.0.1:{port}")
+    trigger = tmp_path / "trigger"
+    units = PathUnit(setup, trigger, setup.config)
+    listener = Listener(setup, config, trigger)
+    try:
+        listener.wait_for("listening to the broker's events", 60)
+        units.wait_for_runs(1, QUIET + 60)
+        stalled = time.monotonic()
+        toxiproxy.toxic(name, "timeout", "downstream", timeout=0)
+        noticed = listener.wait_for("went quiet: no answer to a ping within", 3 * timeout + 5, after=stalled)
+        assert noticed - stalled <= 1.5 * timeout + 1.5, "half a timeout to the ping, one for its answer"
+        time.sleep(2 * timeout)
+        healed = time.monotonic()
+        toxiproxy.heal(name)
+        again = listener.wait_for(r"listening to the broker's events at .* \(again, after", 30, after=healed)
+        units.wait_for_runs(2, again - healed + QUIET + 60)
+        request_id = broker_server.create_request([setup.tag])
+        broker_server.nodes["Sachsenklinik"].submit(request_id, b"after the stall")
+        deadline = time.monotonic() + QUIET + 60
+        while not delivered(setup, request_id):
+            assert time.monotonic() < deadline, listener.text()
+            time.sleep(0.05)
+    finally:
+        code = listener.stop()
+        units.stop()
+        toxiproxy.remove(name)
+    assert code == 0, listener.text()
+    assert listener.text().count("went quiet") == 1, "one line for the outage, not one per attempt"
