@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,6 +96,9 @@ def test_install_enables_only_the_timer(system: Container, debs: tuple[Path, Pat
     # The recipient's side is for a recipient to turn on.
     receiving = system.run("systemctl", "is-enabled", "aktin-broker-sftp-receive.timer", check=False).stdout.strip()
     assert receiving == "disabled"
+    # So is the event listener, for an operator to turn on.
+    listening = system.run("systemctl", "is-enabled", "aktin-broker-sftp-watch.service", check=False).stdout.strip()
+    assert listening == "disabled"
     timers = system.run("systemctl", "list-timers", "--all").stdout
     assert TIMER in timers and "2099-01-01" in timers
     assert unit(system, SERVICE, "ExecMainStartTimestampMonotonic")["ExecMainStartTimestampMonotonic"] == "0"
@@ -221,6 +225,65 @@ def test_the_recipients_receive_unit_takes_in_what_was_delivered(system: Contain
     listed = system.run("runuser", "-u", "aktin-sftp", "--", "aktin-broker-sftp", "receive", "--status").stdout
     assert sorted(re.findall(r"(export_\d+\.zip) received", listed)) == delivered
     assert system.run("systemctl", "is-enabled", "aktin-broker-sftp-receive.timer", check=False).stdout.strip() == "disabled"
+
+
+def test_the_listener_starts_a_delivery_seconds_after_a_result_without_the_timer(
+    system: Container, broker_server: BrokerServer, ssh_server: SshServer
+) -> None:
+    """Turned on as the README says; the timer stays as it is (set to 2099 by this suite)."""
+    watcher, path_unit = "aktin-broker-sftp-watch.service", "aktin-broker-sftp.path"
+    tag = f"systemd-delivery-{system.suite}"
+    folder = ssh_server.folder(tag)
+    config = system.path("/etc/aktin/sftp.toml")
+    config.write_text(config.read_text() + "\n[watch]\nquiet_seconds = 2\n")
+    verify = system.run("systemd-analyze", "verify", watcher, path_unit, check=False)
+    assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
+    assert system.run("systemctl", "is-enabled", watcher, check=False).stdout.strip() == "disabled"
+    system.run("systemctl", "enable", "--now", watcher)
+    assert system.run("systemctl", "is-active", path_unit).stdout.strip() == "active"
+
+    def runs() -> int:
+        shown = system.run("journalctl", "-u", SERVICE, "-o", "cat", "--no-pager").stdout
+        return shown.count("run finished:")
+
+    # The run that catches up on connecting, then a hospital's result.
+    deadline = time.monotonic() + 90
+    before = runs()
+    while runs() == before:
+        assert time.monotonic() < deadline, system.run("journalctl", "-u", watcher, "--no-pager").stdout
+        time.sleep(0.5)
+    request_id = broker_server.create_request([tag])
+    broker_server.nodes["Sachsenklinik"].submit(request_id, b"seconds after it came")
+    submitted = time.monotonic()
+    while not (folder / f"export_{request_id}.zip").exists():
+        assert time.monotonic() - submitted < 60, system.run("journalctl", "-u", watcher, "--no-pager").stdout
+        time.sleep(0.2)
+    assert time.monotonic() - submitted < 30
+    listened = system.run("journalctl", "-u", watcher, "-o", "json", "--no-pager").stdout.splitlines()
+    requested = [e for e in map(json.loads, listened) if e.get("MESSAGE_ID") == events.RUN_REQUESTED]
+    assert requested and all(e["SYSLOG_IDENTIFIER"] == "aktin-broker-sftp-watch" for e in requested)
+    assert unit(system, watcher, "StatusText")["StatusText"].startswith("listening to ws://")
+
+    # A listener that hangs is killed and started again by systemd's watchdog.
+    drop_in = system.path(f"/etc/systemd/system/{watcher}.d")
+    drop_in.mkdir(parents=True)
+    (drop_in / "watchdog.conf").write_text("[Service]\nWatchdogSec=3s\nTimeoutAbortSec=2s\nRestartSec=1s\n")
+    system.run("systemctl", "daemon-reload")
+    system.run("systemctl", "restart", watcher)
+    system.run("systemctl", "kill", "--signal=SIGSTOP", watcher)
+    deadline = time.monotonic() + 30
+    while unit(system, watcher, "NRestarts")["NRestarts"] == "0":
+        assert time.monotonic() < deadline, "the watchdog did not restart a hung listener"
+        time.sleep(0.5)
+    shutil.rmtree(drop_in)
+    system.run("systemctl", "daemon-reload")
+
+    stopped = time.monotonic()
+    system.run("systemctl", "disable", "--now", watcher)
+    assert time.monotonic() - stopped < 15
+    assert unit(system, watcher, "ActiveState")["ActiveState"] == "inactive"
+    assert system.run("systemctl", "is-active", path_unit, check=False).stdout.strip() == "inactive"
+    assert "Traceback" not in system.run("journalctl", "-u", watcher, "--no-pager").stdout
 
 
 def test_an_upstream_working_dir_is_a_clear_78_and_import_takes_its_state_over(

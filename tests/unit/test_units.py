@@ -6,6 +6,7 @@ import configparser
 from pathlib import Path
 
 from aktin_sftp.config import default_state_dir
+from aktin_sftp.watch import DEFAULT_TRIGGER
 
 UNITS = Path(__file__).resolve().parent.parent.parent / "systemd"
 
@@ -27,8 +28,11 @@ def service_lines(name: str) -> set[str]:
 
 def test_an_instance_is_hardened_exactly_like_the_plain_service() -> None:
     plain, instance = service_lines("aktin-broker-sftp.service"), service_lines("aktin-broker-sftp@.service")
+    # The listener (watch) and its trigger belong to the plain service alone.
     assert plain - instance == {
         "Description=Deliver tagged AKTIN Broker results to the recipient's SFTP folder",
+        "ExecStartPre=/bin/rm -f /run/aktin-broker-sftp/trigger",
+        "ReadWritePaths=-/run/aktin-broker-sftp",
         "ExecStart=/usr/bin/aktin-broker-sftp --config /etc/aktin/sftp.toml run",
         "StateDirectory=aktin/sftp",
         "SyslogIdentifier=aktin-broker-sftp",
@@ -47,7 +51,21 @@ def test_an_instance_config_keeps_its_state_where_its_unit_lets_it_write() -> No
 def test_the_receive_unit_is_hardened_like_the_delivery() -> None:
     plain, receive = service_lines("aktin-broker-sftp.service"), service_lines("aktin-broker-sftp-receive.service")
     assert {line.split("=")[0] for line in plain ^ receive} == {
-        "Description", "ExecStart", "StateDirectory", "SyslogIdentifier", "ProtectHome",
+        "Description", "ExecStart", "StateDirectory", "SyslogIdentifier", "ProtectHome", "ExecStartPre", "ReadWritePaths",
     }
     assert "ProtectHome=read-only" in receive
     assert "ExecStart=/usr/bin/aktin-broker-sftp --config /etc/aktin/receive.toml receive" in receive
+
+
+def test_the_listener_is_hardened_like_the_delivery_and_asks_through_the_path_unit() -> None:
+    plain, listener = service_lines("aktin-broker-sftp.service"), service_lines("aktin-broker-sftp-watch.service")
+    hardening = {line for line in plain if line.split("=")[0] not in {
+        "Description", "Type", "ExecStartPre", "ExecStart", "StateDirectory", "StateDirectoryMode", "TimeoutStartSec",
+        "SuccessExitStatus", "SyslogIdentifier", "ReadWritePaths", "Wants", "After", "Documentation",
+    } and not line.startswith("[")}
+    assert hardening <= listener
+    trigger = str(DEFAULT_TRIGGER)
+    assert f"--trigger {trigger}" in (UNITS / "aktin-broker-sftp-watch.service").read_text()
+    assert f"PathExists={trigger}" in service_lines("aktin-broker-sftp.path")
+    assert f"ExecStartPre=/bin/rm -f {trigger}" in plain
+    assert "RuntimeDirectory=aktin-broker-sftp" in listener and "Type=notify" in listener
