@@ -14,6 +14,7 @@ import os
 import platform
 import shutil
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,7 +25,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from aktin_sftp import config as config_module
-from aktin_sftp import crypto
+from aktin_sftp import crypto, options
 from aktin_sftp.broker import Broker
 from aktin_sftp.config import BrokerConfig
 from aktin_sftp.plan import Observed, Target, make_plan
@@ -35,6 +36,7 @@ from tests.peers.client import write_config, write_key
 from tests.peers.sshd import USER, SshServer
 from tests.peers.tls import TlsFront
 from tests.peers.toxiproxy import WAN_LATENCY_MS, WAN_RATE_KB, Toxiproxy
+from tests.peers.watcher import Listener, PathUnit
 
 MiB = 1 << 20
 WARM_UP_ROUNDS = 10
@@ -153,7 +155,8 @@ class Bench:
         try:
             port = toxiproxy.proxy("wan", self.sshd.port)
             toxiproxy.wan("wan")
-            return [self.first_delivery(count, port) for count in counts] + [self.wan_upload(upload_size, port)]
+            rows = [self.first_delivery(count, port) for count in counts] + [self.wan_upload(upload_size, port)]
+            return [*rows, self.submission_to_delivered(port)]
         finally:
             toxiproxy.stop()
 
@@ -201,6 +204,48 @@ class Bench:
             f"{size * MiB / openssh / 1e6:.1f} MB/s (OpenSSH sftp, same proxy)",
             f"{openssh / ours:.2f}",
             ">= 0.90",
+        )
+
+    def submission_to_delivered(self, port: int, samples: int = 5) -> Row:
+        """From a hospital's result POST until the new export_<id>.zip is under its final name in
+        the SFTP folder over the WAN, with the listener running (default quiet period) and
+        systemd's path unit played by PathUnit; each sample after the runs before it are over."""
+        tag = "bench-latency"
+        config = self.client("latency", tag, port)
+        quiet = float(str(options.SFTP_TOML.option("watch", "quiet_seconds").default))
+        command = [sys.executable, "-m", "aktin_sftp", "--config", str(config)]
+        trigger = self.work / "latency-trigger"
+        units = PathUnit(trigger, [*command, "run"])
+        listener = Listener(command, trigger)
+        folder = self.sshd.upload / "latency"
+        latencies = []
+        try:
+            listener.wait_for("listening to the broker's events", 60)
+            for _ in range(samples):
+                request_id = self.broker.create_request([tag])
+                units.wait_for_runs(len(units.runs) + 1, quiet + 120)
+                units.settle(quiet + 1, 600)
+                before = (folder / f"export_{request_id}.zip").stat().st_ino
+                submitted = time.perf_counter()
+                self.hospital.submit(request_id, os.urandom(256 << 10), "application/octet-stream")
+                # A new version is renamed into place: another inode under the final name.
+                while (folder / f"export_{request_id}.zip").stat().st_ino == before:
+                    assert time.perf_counter() - submitted < quiet + 300, listener.text()
+                    time.sleep(0.05)
+                latencies.append(time.perf_counter() - submitted)
+        finally:
+            listener.stop()
+            units.stop()
+        assert all(run.code == 0 for run in units.runs), [run.stderr for run in units.runs]
+        hour = 3600.0
+        median = statistics.median(latencies)
+        return (
+            f"6. submission to delivered over the WAN, listener running ([watch] quiet_seconds = {quiet:g}), "
+            f"median of {samples} [{self.broker.short}]",
+            f"{median:.1f} s (from {min(latencies):.1f} to {max(latencies):.1f} s)",
+            f"{hour / 2:.0f} s expected (timer only: half the hourly period)",
+            f"{hour / 2 / median:.0f}x sooner",
+            "< 30 s median",
         )
 
     def many(self, count: int) -> list[Row]:

@@ -10,109 +10,19 @@ from __future__ import annotations
 
 import re
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT, Setup
-from tests.peers import stop
 from tests.peers.broker import NODE_KEYS, BrokerServer, zip_entries
 from tests.peers.toxiproxy import Toxiproxy
+from tests.peers.watcher import Listener, PathUnit
 
 QUIET = 2.0
 LONGEST = 12.0
-
-
-@dataclass
-class Run:
-    began: float
-    ended: float
-    code: int
-
-
-@dataclass
-class PathUnit:
-    """As systemd does with PathExists=: while the trigger exists and no run is going on, one
-    run is started, and its start (ExecStartPre=) removes the trigger."""
-
-    setup: Setup
-    trigger: Path
-    config: Path
-    runs: list[Run] = field(default_factory=list)
-    running: bool = False
-    stopping: threading.Event = field(default_factory=threading.Event)
-
-    def __post_init__(self) -> None:
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        while not self.stopping.wait(0.05):
-            if not self.trigger.exists():
-                continue
-            began = time.monotonic()
-            self.running = True
-            self.trigger.unlink()
-            done = self.setup.run("run", config=self.config)
-            self.runs.append(Run(began, time.monotonic(), done.returncode))
-            self.running = False
-
-    def wait_for_runs(self, count: int, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while len(self.runs) < count:
-            assert time.monotonic() < deadline, f"{len(self.runs)} runs after {seconds} s, not {count}"
-            time.sleep(0.05)
-
-    def settle(self, seconds: float) -> None:
-        """Waits until no run is due or going on, and none was for `quiet` seconds."""
-        deadline = time.monotonic() + seconds
-        while self.running or self.trigger.exists() or (self.runs and time.monotonic() - self.runs[-1].ended < QUIET + 1):
-            assert time.monotonic() < deadline, f"runs still going on after {seconds} s"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.thread.join(300)
-
-
-class Listener:
-    """`aktin-broker-sftp watch` in a process of its own, its log lines collected."""
-
-    def __init__(self, setup: Setup, config: Path, trigger: Path) -> None:
-        self.process = subprocess.Popen(
-            [*setup.command(config), "watch", "--trigger", str(trigger)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-        )
-        self.lines: list[tuple[float, str]] = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append((time.monotonic(), line.rstrip("\n")))
-
-    def wait_for(self, pattern: str, seconds: float, after: float = 0.0) -> float:
-        """When a line matching `pattern` came (at `after` or later)."""
-        deadline = time.monotonic() + seconds
-        while True:
-            for moment, line in list(self.lines):
-                if moment >= after and re.search(pattern, line):
-                    return moment
-            assert time.monotonic() < deadline, f"no line like {pattern!r} within {seconds} s: {self.text()}"
-            time.sleep(0.05)
-
-    def text(self) -> str:
-        return "\n".join(line for _, line in self.lines)
-
-    def stop(self) -> int:
-        stop(self.process, 10)  # type: ignore[arg-type]
-        self.reader.join(10)
-        return self.process.returncode
 
 
 def watch_config(setup: Setup, timeout: float = 10, broker_url: str | None = None) -> Path:
@@ -131,8 +41,8 @@ def listening(setup: Setup, tmp_path: Path) -> Iterator[tuple[Listener, PathUnit
     config = watch_config(setup)
     trigger = tmp_path / "run" / "trigger"
     trigger.parent.mkdir(mode=0o700)
-    units = PathUnit(setup, trigger, config)
-    listener = Listener(setup, config, trigger)
+    units = PathUnit(trigger, [*setup.command(config), "run"])
+    listener = Listener(setup.command(config), trigger)
     try:
         listener.wait_for("listening to the broker's events at ws://", 60)
         units.wait_for_runs(1, QUIET + 60)
@@ -142,7 +52,7 @@ def listening(setup: Setup, tmp_path: Path) -> Iterator[tuple[Listener, PathUnit
         units.stop()
     assert code == 0, listener.text()
     assert "Traceback" not in listener.text()
-    assert all(run.code == 0 for run in units.runs)
+    assert all(run.code == 0 for run in units.runs), [run.stderr for run in units.runs]
 
 
 def delivered(setup: Setup, request_id: int) -> bool:
@@ -176,14 +86,14 @@ def test_a_burst_of_fifty_results_leads_to_at_most_two_runs(
     _, units = listening
     requests = [broker_server.create_request([setup.tag]) for _ in range(25)]
     units.wait_for_runs(2, LONGEST + 120)
-    units.settle(120)
+    units.settle(QUIET + 1, 120)
     before = len(units.runs)
     for request_id in requests:
         for name in ("Sachsenklinik", "Schwarzwaldklinik"):
             broker_server.nodes[name].submit(request_id, f"{name} {request_id}".encode())
     # Beyond the longest delay after the burst's last event: whatever it asked for is asked by now.
     time.sleep(LONGEST + 1)
-    units.settle(LONGEST + 180)
+    units.settle(QUIET + 1, LONGEST + 180)
     assert 1 <= len(units.runs) - before <= 2
     for request_id in requests:
         results = [n for n in zip_entries(setup.decrypt(f"export_{request_id}.zip")) if "_result" in n]
@@ -212,8 +122,8 @@ def test_a_stalled_websocket_is_noticed_and_the_listener_connects_again(
     port = toxiproxy.proxy(name, broker_server.port)
     config = watch_config(setup, timeout=timeout, broker_url=f"http://127.0.0.1:{port}")
     trigger = tmp_path / "trigger"
-    units = PathUnit(setup, trigger, setup.config)
-    listener = Listener(setup, config, trigger)
+    units = PathUnit(trigger, [*setup.command(), "run"])
+    listener = Listener(setup.command(config), trigger)
     try:
         listener.wait_for("listening to the broker's events", 60)
         units.wait_for_runs(1, QUIET + 60)
