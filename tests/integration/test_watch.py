@@ -100,6 +100,25 @@ def test_a_burst_of_fifty_results_leads_to_at_most_two_runs(
         assert len(results) == 2, f"request {request_id}: {results}"
 
 
+def test_a_broker_restart_is_survived_and_the_next_result_still_starts_a_run(
+    setup: Setup, broker_server: BrokerServer, listening: tuple[Listener, PathUnit]
+) -> None:
+    listener, units = listening
+    restarted = time.monotonic()
+    broker_server.restart(down=2)
+    listener.wait_for("broke off|closed its admin websocket", 60, after=restarted)
+    again = listener.wait_for(r"listening to the broker's events at .* \(again, after", 90, after=restarted)
+    units.wait_for_runs(2, again - restarted + QUIET + 60)
+    request_id = broker_server.create_request([setup.tag])
+    units.settle(QUIET + 1, 120)
+    runs = len(units.runs)
+    broker_server.nodes["Sachsenklinik"].submit(request_id, b"after the restart")
+    units.wait_for_runs(runs + 1, QUIET + 60)
+    results = [n for n in zip_entries(setup.decrypt(f"export_{request_id}.zip")) if "_result" in n]
+    assert len(results) == 1
+    assert len(re.findall("listening again as soon as the broker answers", listener.text())) == 1
+
+
 @pytest.mark.parametrize("key", ["wrong-key", NODE_KEYS["Sachsenklinik"]], ids=["unknown key", "node key"])
 def test_a_key_the_broker_refuses_ends_the_listener_with_78(setup: Setup, tmp_path: Path, key: str) -> None:
     config = watch_config(setup)
