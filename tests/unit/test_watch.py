@@ -3,10 +3,18 @@ about requests, and where the admin websocket is."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
 import pytest
+from cryptography.fernet import Fernet
 
 from aktin_sftp.broker_events import websocket_url
 from aktin_sftp.watch import Pending, is_request_event
+from tests.peers.http_server import LocalHttpServer
 
 
 def test_no_event_no_run() -> None:
@@ -80,3 +88,54 @@ def test_which_messages_are_about_requests(message: str, about_a_request: bool) 
 )
 def test_the_websocket_is_beside_the_rest_api(url: str, expected: str) -> None:
     assert websocket_url(url) == expected
+
+
+class OldBroker(BaseHTTPRequestHandler):
+    """A broker whose REST API answers but that has no admin websocket (404 there)."""
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/broker/request/filtered"):
+            body = b'<request-list xmlns="http://aktin.org/ns/exchange"/>'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/xml")
+        else:
+            body = b"not found"
+            self.send_response(404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_a_broker_without_the_websocket_is_said_once_and_the_listener_waits(tmp_path: Path) -> None:
+    server = LocalHttpServer(OldBroker)
+    (tmp_path / "fernet.key").write_bytes(Fernet.generate_key())
+    (tmp_path / "known_hosts").write_text("[127.0.0.1]:1 ssh-ed25519 AAAA\n")
+    config = tmp_path / "sftp.toml"
+    config.write_text(
+        f'[broker]\nurl = "{server.url}"\napi_key = "k"\ntag = "t"\ntimeout = 2\n'
+        '[sftp]\nhost = "127.0.0.1"\nport = 1\nusername = "u"\npassword = "p"\nknown_hosts = "known_hosts"\nfolder = "f"\n'
+        '[encryption]\nkey_file = "fernet.key"\n'
+    )
+    for path in tmp_path.iterdir():
+        path.chmod(0o600)
+    trigger = tmp_path / "trigger"
+    listener = subprocess.Popen(
+        [sys.executable, "-m", "aktin_sftp", "--config", str(config), "watch", "--trigger", str(trigger)],
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        time.sleep(4)
+        assert listener.poll() is None, "it waits, asking again later"
+    finally:
+        listener.terminate()
+        _, errors = listener.communicate(timeout=10)
+        server.stop()
+    assert listener.returncode == 0
+    lines = errors.splitlines()
+    assert lines[0].startswith("WARNING: the admin websocket of the broker at http://127.0.0.1:")
+    assert "does not exist (HTTP 404 at /broker/websocket): deliveries start by the timer only" in lines[0]
+    assert lines[1:] == ["INFO: listener stopped"]
+    assert not trigger.exists()
