@@ -233,7 +233,7 @@ def test_the_listener_starts_a_delivery_seconds_after_a_result_without_the_timer
     """Turned on as the README says; the timer stays as it is (set to 2099 by this suite)."""
     watcher, path_unit = "aktin-broker-sftp-watch.service", "aktin-broker-sftp.path"
     tag = f"systemd-delivery-{system.suite}"
-    folder = ssh_server.folder(tag)
+    folder = ssh_server.upload / tag
     config = system.path("/etc/aktin/sftp.toml")
     config.write_text(config.read_text() + "\n[watch]\nquiet_seconds = 2\n")
     verify = system.run("systemd-analyze", "verify", watcher, path_unit, check=False)
