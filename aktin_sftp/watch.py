@@ -16,7 +16,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,54 +73,53 @@ def is_request_event(message: str) -> bool:
     return message.split(" ", 1)[0] in REQUEST_EVENTS
 
 
-def watch(config: Config, trigger: Path, stop: threading.Event, clock: Callable[[], float] = time.monotonic) -> None:
+def watch(config: Config, trigger: Path, stop: threading.Event) -> None:
     """Listens until `stop` is set. A rejected API key ends it (ConfigError); whatever else the
     broker does (restarts, closes, stalls, answers nothing) is met by connecting again."""
     pending = Pending(config.watch.quiet, config.watch.max_delay)
-    outage = _Outage(clock)
+    outage = _Outage()
     notify("READY=1")
     while not stop.is_set():
-        began = clock()
+        began = time.monotonic()
         try:
-            _listen(config, pending, trigger, stop, clock, outage)
+            _listen(config, pending, trigger, stop, outage)
+            return
         except NoWebsocket as exc:
             pause = outage.no_websocket(exc)
         except UnavailableError as exc:
-            pause = outage.lost(exc, clock() - began)
-        _wait(pause if not stop.is_set() else 0, pending, trigger, stop, clock)
+            pause = outage.lost(exc, time.monotonic() - began)
+        _wait(pause, pending, trigger, stop)
 
 
-def _listen(
-    config: Config, pending: Pending, trigger: Path, stop: threading.Event, clock: Callable[[], float], outage: _Outage,
-) -> None:
+def _listen(config: Config, pending: Pending, trigger: Path, stop: threading.Event, outage: _Outage) -> None:
     # The REST API says clearly what the handshake does not: whether the key is an admin key.
     with Broker(config.broker) as broker:
         broker.tagged_request_ids(config.broker.tag)
     with AdminEvents(config.broker) as admin:
         outage.over(admin.url)
         # What happened while nobody listened is caught up on by a run.
-        pending.note(clock())
+        pending.note(time.monotonic())
         while not stop.is_set():
             notify("WATCHDOG=1")
             due = pending.due_at()
-            message = admin.next(TICK if due is None else min(TICK, max(0.0, due - clock())))
+            message = admin.next(TICK if due is None else min(TICK, max(0.0, due - time.monotonic())))
             if message is not None and is_request_event(message):
                 log.debug("broker event: %s", message[:200])
-                pending.note(clock())
-            _trigger_if_due(pending, trigger, clock)
+                pending.note(time.monotonic())
+            _trigger_if_due(pending, trigger)
 
 
-def _wait(seconds: float, pending: Pending, trigger: Path, stop: threading.Event, clock: Callable[[], float]) -> None:
+def _wait(seconds: float, pending: Pending, trigger: Path, stop: threading.Event) -> None:
     """Between connections: events noted before the connection was lost still get their run."""
-    until = clock() + seconds
-    while not stop.is_set() and clock() < until:
+    until = time.monotonic() + seconds
+    while not stop.is_set() and time.monotonic() < until:
         notify("WATCHDOG=1")
-        _trigger_if_due(pending, trigger, clock)
-        stop.wait(min(TICK, max(0.0, until - clock())))
+        _trigger_if_due(pending, trigger)
+        stop.wait(min(TICK, max(0.0, until - time.monotonic())))
 
 
-def _trigger_if_due(pending: Pending, trigger: Path, clock: Callable[[], float]) -> None:
-    count = pending.take(clock())
+def _trigger_if_due(pending: Pending, trigger: Path) -> None:
+    count = pending.take(time.monotonic())
     if not count:
         return
     descriptor = os.open(trigger, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -133,8 +131,7 @@ def _trigger_if_due(pending: Pending, trigger: Path, clock: Callable[[], float])
 class _Outage:
     """Logs a lost connection once (not every attempt) and spaces the attempts out."""
 
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self.clock = clock
+    def __init__(self) -> None:
         self.since: float | None = None
         self.retry = RETRY_FIRST
         self.told_no_websocket = False
@@ -144,7 +141,7 @@ class _Outage:
             log.warning("%s; listening again as soon as the broker answers (the timer still runs)", exc,
                         extra={"MESSAGE_ID": events.LISTENER_LOST})
             notify("STATUS=connecting to the broker again")
-            self.since = self.clock()
+            self.since = time.monotonic()
         else:
             log.debug("%s", exc)
         # A connection that lasted was no flapping one: the next attempt comes at once.
@@ -159,7 +156,7 @@ class _Outage:
         return NO_WEBSOCKET_RETRY
 
     def over(self, url: str) -> None:
-        after = f" (again, after {self.clock() - self.since:.0f} s)" if self.since is not None else ""
+        after = f" (again, after {time.monotonic() - self.since:.0f} s)" if self.since is not None else ""
         log.info("listening to the broker's events at %s%s", url, after)
         notify(f"STATUS=listening to {url}")
         self.since, self.told_no_websocket = None, False
