@@ -235,11 +235,12 @@ def test_the_listener_starts_a_delivery_seconds_after_a_result_without_the_timer
     tag = f"systemd-delivery-{system.suite}"
     folder = ssh_server.upload / tag
     config = system.path("/etc/aktin/sftp.toml")
-    config.write_text(config.read_text() + "\n[watch]\nquiet_seconds = 2\n")
+    config.write_text(configure(config.read_text(), {"quiet_seconds": "2"}))
     verify = system.run("systemd-analyze", "verify", watcher, path_unit, check=False)
     assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
     assert system.run("systemctl", "is-enabled", watcher, check=False).stdout.strip() == "disabled"
-    system.run("systemctl", "enable", "--now", watcher)
+    enabled = system.run("systemctl", "enable", "--now", watcher, check=False)
+    assert enabled.returncode == 0, system.run("journalctl", "-u", watcher, "--no-pager").stdout
     assert system.run("systemctl", "is-active", path_unit).stdout.strip() == "active"
 
     def runs() -> int:

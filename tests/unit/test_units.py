@@ -52,6 +52,7 @@ def test_the_receive_unit_is_hardened_like_the_delivery() -> None:
     plain, receive = service_lines("aktin-broker-sftp.service"), service_lines("aktin-broker-sftp-receive.service")
     assert {line.split("=")[0] for line in plain ^ receive} == {
         "Description", "ExecStart", "StateDirectory", "SyslogIdentifier", "ProtectHome", "ExecStartPre", "ReadWritePaths",
+        "Environment",
     }
     assert "ProtectHome=read-only" in receive
     assert "ExecStart=/usr/bin/aktin-broker-sftp --config /etc/aktin/receive.toml receive" in receive
