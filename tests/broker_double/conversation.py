@@ -1,15 +1,21 @@
 """A fixed conversation with an AKTIN Broker, and its answers in a comparable form.
 
 `record.py` holds a real broker to it and stores the answers in `recording.json`, with the
-releases they were checked against: recorded from 1.5.1; 1.5.2 gives the same answers but for its
-version in `/broker/status`. `tests/integration/test_broker_double.py` holds the double to the
-same conversation and fails on any difference. Everything here is what the product, the tests,
-the demo and the benchmark send, including the error cases, so that the double behaves like the
-real broker wherever we rely on it.
+releases they were checked against. `tests/integration/test_broker_double.py` holds the double to
+the same conversation and fails on any difference. Everything here is what the product, the
+tests, the demo and the benchmark send, including the error cases, so that the double behaves
+like the real broker wherever we rely on it.
+
+An admin websocket is open from the first step: every answer lists the frames each open admin
+session received because of that step. The broker writes a step's broadcasts before its HTTP
+answer, and a session's frames in order, so after each step a `ping` on the session and the
+broker's `pong` mark where the step's frames end. The conversation runs against a broker whose
+websocket idle timeout is IDLE_SECONDS, and ends by waiting for it.
 
 What legitimately varies between two runs is normalised: timestamps of "now" (their shape, with
-the number of fraction digits, is kept), download ids, and the server's address. Node status
-posts carry fixed `Date` headers, so the timestamps they set are compared exactly.
+the number of fraction digits, is kept), download ids, the server's address, and how long an
+idle session really idled. Node status posts carry fixed `Date` headers, so the timestamps they
+set are compared exactly.
 """
 
 from __future__ import annotations
@@ -18,13 +24,17 @@ import http.client
 import io
 import json
 import re
+import time
 import xml.etree.ElementTree as ET
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, urlencode, urlsplit
+
+import websocket
 
 from aktin_sftp.broker import REQUEST_TYPE, tag_predicate
 from tests.peers.broker import ADMIN_KEY, NODE_KEYS, request_xml
@@ -34,12 +44,19 @@ RECORDING = Path(__file__).resolve().parent / "recording.json"
 # What recording.json says of each broker release checked.
 RECORDED = "recorded from it"
 ALIKE = "the same answers, but for its version in /broker/status"
+EARLIER = "checked against an earlier conversation only: record from it again"
 # The headers whose difference would matter to a client; Date and Server vary and mean nothing.
 RELEVANT_HEADERS = ("content-type", "location", "content-disposition", "www-authenticate")
 TIMESTAMP = re.compile(r"\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
 DOWNLOAD_ID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
 FIRST = "Schwarzwaldklinik"
 SECOND = "Sachsenklinik"
+THIRD = "Bergklinik"
+# The broker's websocket idle timeout during the conversation (whole seconds, as the real one's).
+IDLE_SECONDS = 3
+# The longest wait for a websocket frame a step should bring.
+WAIT = 10
+IDLE_REASON = re.compile(r"(Idle timeout expired: )\d+/")
 
 
 @dataclass(frozen=True)
@@ -54,6 +71,20 @@ class Step:
     body: bytes = b""
     headers: tuple[tuple[str, str], ...] = ()
     remember: str | None = None
+
+
+@dataclass(frozen=True)
+class Socket:
+    """A websocket action on the admin session `name`: "open" it as `actor` (an admin's stays
+    open; any other is read until the broker closes it), "send" it `data` as a text message or as
+    a "binary" one, "ping" it `data` in a ping frame, "close" it with `data` as the reason, or
+    let it "idle" until the broker closes it."""
+
+    label: str
+    action: Literal["open", "send", "binary", "ping", "close", "idle"]
+    name: str = "watcher"
+    actor: str = "admin"
+    data: str = ""
 
 
 def _definition(tags: list[str], prefix: str = "") -> bytes:
@@ -97,7 +128,8 @@ WEDNESDAY = "Wed, 08 May 2024 09:15:00 GMT"
 OURS = tag_predicate("rki")
 UPSTREAM = "//tag='rki'"
 
-STEPS: tuple[Step, ...] = (
+STEPS: tuple[Step | Socket, ...] = (
+    Socket("admin websocket", "open"),
     _get("status", "anonymous", "/broker/status"),
     Step("status head", "anonymous", "HEAD", "/broker/status"),
     _filtered("listing without a key", OURS, actor="anonymous"),
@@ -106,8 +138,14 @@ STEPS: tuple[Step, ...] = (
     _filtered("listing with a malformed authorization", OURS, actor="basic"),
     _get("first node registers", FIRST, "/broker/my/request"),
     _get("second node registers", SECOND, "/broker/my/request"),
+    Socket("websocket without a key", "open", "refused", actor="anonymous"),
+    Socket("websocket with an unknown key", "open", "refused", actor="unknown"),
+    Socket("websocket with a malformed authorization", "open", "refused", actor="basic"),
+    # A node key opens the admin websocket for a moment, and registers the node.
+    Socket("websocket with a node key", "open", "node", actor=THIRD),
     _get("nodes", "admin", "/broker/node"),
     _get("node list as a node", FIRST, "/broker/node"),
+    Socket("a second admin websocket", "open", "second"),
     _create("tagged", _definition(["rki", "other"])),
     _create("prefixed", _definition([" rki "], prefix="ns")),
     _create("untagged", _definition(["other"])),
@@ -117,6 +155,7 @@ STEPS: tuple[Step, ...] = (
     _create("closing", _definition(["rki"])),
     _create("exact prefixed", _definition(["rki"], prefix="ns")),
     _create("binary", _definition(["bin"])),
+    Socket("the second admin websocket closes", "close", "second", data="bye"),
     _get("definition before publishing", "admin", "/broker/request/{tagged}", REQUEST_TYPE),
     _get("definition of a typeless request", "admin", "/broker/request/{typeless}", REQUEST_TYPE),
     _get("definition in another type", "admin", "/broker/request/{tagged}", "text/plain"),
@@ -124,6 +163,8 @@ STEPS: tuple[Step, ...] = (
     _get("listing as a node before publishing", FIRST, "/broker/my/request"),
     *(_post(f"publish {name}", "admin", f"/broker/request/{{{name}}}/publish")
       for name in ("tagged", "prefixed", "untagged", "unparsable", "doomed", "closing", "exact prefixed", "binary")),
+    _post("publish again", "admin", "/broker/request/{tagged}/publish"),
+    _post("publish an unknown request", "admin", "/broker/request/999/publish"),
     _get("listing as a node", FIRST, "/broker/my/request"),
     _get("definition as a node", FIRST, "/broker/my/request/{tagged}", REQUEST_TYPE),
     _get("status without any node", "admin", "/broker/request/{tagged}/status"),
@@ -146,6 +187,9 @@ STEPS: tuple[Step, ...] = (
     _result(FIRST, "untagged", b"<result>1</result>", "application/xml"),
     _result(FIRST, "binary", bytes(range(256)), "application/octet-stream"),
     _status(FIRST, "binary", "completed", WEDNESDAY),
+    Step("a status the broker does not know", FIRST, "POST", "/broker/my/request/{tagged}/status/bogus"),
+    _result(SECOND, "closing", b"7 cases\n", "text/plain; charset=UTF-8"),
+    Step("a node uploads a resource", FIRST, "PUT", "/broker/my/node/stats", b"<stats/>", (("Content-Type", "application/xml"),)),
     _get("status of a request with two nodes", "admin", "/broker/request/{tagged}/status"),
     _get("status with interaction and messages", "admin", "/broker/request/{prefixed}/status"),
     _get("status of an unknown request", "admin", "/broker/request/999/status"),
@@ -178,6 +222,8 @@ STEPS: tuple[Step, ...] = (
     Step("retag", "admin", "PUT", "/broker/request/{tagged}", _definition(["other"]), (("Content-Type", REQUEST_TYPE),)),
     _filtered("listing after retagging", OURS),
     _post("close", "admin", "/broker/request/{closing}/close"),
+    _post("close again", "admin", "/broker/request/{closing}/close"),
+    _post("close an unknown request", "admin", "/broker/request/999/close"),
     _filtered("listing after closing", OURS),
     _get("node listing after closing", FIRST, "/broker/my/request"),
     Step("delete", "admin", "DELETE", "/broker/request/{doomed}"),
@@ -189,6 +235,18 @@ STEPS: tuple[Step, ...] = (
     _get("node listing after its delete", FIRST, "/broker/my/request"),
     _get("status after the node's delete", "admin", "/broker/request/{prefixed}/status"),
     _get("nodes at the end", "admin", "/broker/node"),
+    # Last, as they leave rows of a request that does not exist.
+    Step("a node's status for an unknown request", FIRST, "POST", "/broker/my/request/999/status/queued",
+         headers=(("Date", MONDAY),)),
+    Step("a node's result for an unknown request", FIRST, "PUT", "/aggregator/my/request/999/result", b"lost",
+         (("Content-Type", "text/plain"),)),
+    Socket("ping text", "send", data="ping hello"),
+    Socket("ping text with nothing after it", "send", data="ping "),
+    Socket("ping text without a space", "send", data="ping"),
+    Socket("other text", "send", data="hello"),
+    Socket("binary message", "binary", data="ping binary"),
+    Socket("ping frame", "ping", data="frame"),
+    Socket("the admin websocket idles", "idle"),
 )
 
 
@@ -205,16 +263,28 @@ def _authorization(actor: str) -> dict[str, str]:
 
 
 class Talker:
-    """Runs the steps against one broker, one fresh connection per call."""
+    """Runs the steps against one broker, one fresh connection per call, beside the admin
+    websocket sessions the steps open."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         parts = urlsplit(url)
         self.host, self.port = parts.hostname or "", parts.port or 80
         self.names: dict[str, str] = {}
+        self.sessions: dict[str, websocket.WebSocket] = {}
+        self.pings = 0
 
     def run(self) -> list[dict[str, Any]]:
-        return [self.step(step) for step in STEPS]
+        answers = []
+        try:
+            for step in STEPS:
+                answer = self.step(step) if isinstance(step, Step) else self.socket(step)
+                answer["events"] = self.events()
+                answers.append(answer)
+        finally:
+            for session in self.sessions.values():
+                _shut(session)
+        return answers
 
     def step(self, step: Step) -> dict[str, Any]:
         path = re.sub(r"\{([^}]+)\}", lambda m: quote(self.names[m.group(1)]), step.path)
@@ -238,11 +308,84 @@ class Talker:
         return {
             "step": step.label,
             "status": response.status,
-            "headers": {name: self.normalise(headers[name]) for name in RELEVANT_HEADERS if name in headers},
+            "headers": self.headers(headers),
             # A HEAD answer announces the length of the body it leaves out.
             "length matches": step.method == "HEAD" or headers.get("content-length") in (None, str(len(body))),
             "body": self.body(body, headers.get("content-type", ""), step.method),
         }
+
+    def socket(self, step: Socket) -> dict[str, Any]:
+        answer: dict[str, Any] = {"step": step.label}
+        if step.action == "open":
+            answer.update(self.open(step))
+        elif step.action == "send":
+            self.sessions[step.name].send(step.data)
+        elif step.action == "binary":
+            self.sessions[step.name].send_binary(step.data.encode())
+        elif step.action == "ping":
+            self.sessions[step.name].ping(step.data)
+        elif step.action == "close":
+            session = self.sessions.pop(step.name)
+            session.send_close(websocket.STATUS_NORMAL, step.data.encode())
+            answer["frames"] = self.frames(session)
+        else:  # "idle"
+            answer["frames"] = self.frames(self.sessions.pop(step.name), seconds=IDLE_SECONDS + WAIT)
+        return answer
+
+    def open(self, step: Socket) -> dict[str, Any]:
+        """The handshake's outcome; an admin's session stays open, any other is read until the
+        broker closes it."""
+        url = "ws" + self.url.removeprefix("http") + "/broker/websocket"
+        header = [f"{name}: {value}" for name, value in _authorization(step.actor).items()]
+        try:
+            session = websocket.create_connection(url, header=header, timeout=WAIT)
+        except websocket.WebSocketBadStatusException as refused:
+            return {"status": refused.status_code, "headers": self.headers(refused.resp_headers or {})}
+        answer: dict[str, Any] = {"status": session.status, "headers": self.headers(session.getheaders() or {})}
+        if step.actor == "admin":
+            self.sessions[step.name] = session
+        else:
+            answer["frames"] = self.frames(session)
+        return answer
+
+    def events(self) -> dict[str, list[str]]:
+        """The frames each open admin session received since the last step."""
+        received = {}
+        for name, session in sorted(self.sessions.items()):
+            self.pings += 1
+            session.send(f"ping {self.pings}")
+            received[name] = self.frames(session, until=f"pong {self.pings}")
+        return received
+
+    def frames(self, session: websocket.WebSocket, until: str | None = None, seconds: float = WAIT) -> list[str]:
+        """The frames the session receives up to the text `until` (left out) or the broker's
+        close frame (kept, and the connection then closed), within `seconds`."""
+        frames: list[str] = []
+        deadline = time.monotonic() + seconds
+        while True:
+            session.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                # The frame as it came: recv_data() would answer a close frame with one of its own.
+                frame = session.recv_frame()  # type: ignore[no-untyped-call, unused-ignore]
+            except websocket.WebSocketTimeoutException:
+                raise AssertionError(f"nothing more than {frames} within {seconds} s, waiting for {until or 'a close'}") from None
+            data = bytes(frame.data)
+            if frame.opcode == websocket.ABNF.OPCODE_TEXT:
+                if data.decode() == until:
+                    return frames
+                frames.append(self.normalise(data.decode()))
+            elif frame.opcode == websocket.ABNF.OPCODE_CLOSE:
+                _shut(session)
+                code = f" {int.from_bytes(data[:2], 'big')}" if data else ""
+                reason = IDLE_REASON.sub(r"\1<ms>/", data[2:].decode())
+                frames.append(f"<close{code}{' ' + reason if reason else ''}>")
+                return frames
+            else:
+                frames.append(f"<{websocket.ABNF.OPCODE_MAP[frame.opcode]} {data.decode('utf-8', 'replace')}>")
+
+    def headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        lower = {name.lower(): value for name, value in headers.items()}
+        return {name: self.normalise(lower[name]) for name in RELEVANT_HEADERS if name in lower}
 
     def normalise(self, text: str) -> str:
         text = text.replace(self.url, "<url>")
@@ -280,6 +423,10 @@ class Talker:
             self.normalise((element.text or "").strip()),
             [self.xml(child) for child in element],
         ]
+
+
+def _shut(session: websocket.WebSocket) -> None:
+    session.shutdown()  # type: ignore[no-untyped-call, unused-ignore]
 
 
 def _stamp(match: re.Match[str]) -> str:
@@ -323,10 +470,11 @@ def record(version: str, exchanges: list[dict[str, Any]]) -> str:
         stored["brokers"][version] = ALIKE
         message = f"broker {version} answers as {recorded_from} did, but for its version: added to the releases checked"
     else:
-        stored = {"brokers": {version: RECORDED}, "exchanges": exchanges}
+        others = {release: EARLIER for release in stored["brokers"] if release != version}
+        stored = {"brokers": {version: RECORDED, **others}, "exchanges": exchanges}
         message = (
             f"recorded from broker {version}; the double answers as DOUBLE_VERSION (tests/peers/broker.py) names, "
-            "and the other releases need checking again"
+            f"and {', '.join(others) or 'no other release'} need checking again"
         )
     RECORDING.write_text(json.dumps(stored, indent=1, ensure_ascii=False) + "\n")
     return message

@@ -1,7 +1,9 @@
 """Records a real AKTIN Broker answering the fixed conversation into recording.json:
 `python -m tests.broker_double.record` (or `make broker-recording`). The broker's release is
-that of its jars; answers that differ from the recording only in that version add the release to
-those the recording was checked against, and leave the answers as they are.
+that of its jars, its websocket idle timeout the conversation's. Answers that differ from the
+recording only in that version add the release to those the recording was checked against, and
+leave the answers as they are; other answers replace the recording, and the releases it was
+checked against are marked as checked against an earlier conversation only.
 
 Runs only where the broker's jars are present (AKTIN_BROKER_LIB or the Maven cache), since
 they are on no registry this project reaches; the recording is committed and the replay test
@@ -24,7 +26,7 @@ def main() -> int:
         print(f"recording needs a real AKTIN Broker: {broker_peer.NO_JARS}", file=sys.stderr)
         return 1
     with tempfile.TemporaryDirectory(prefix="aktin-broker-recording-") as directory:
-        broker = broker_peer.RealBroker(lib, Path(directory), hospitals=False)
+        broker = broker_peer.RealBroker(lib, Path(directory), hospitals=False, idle_timeout=conversation.IDLE_SECONDS)
         try:
             exchanges = conversation.Talker(broker.url).run()
         finally:

@@ -1,7 +1,7 @@
-"""A double of the AKTIN Broker 1.5.1 and 1.5.2 (which answer alike but for their version): the
-part of its REST API that the product, the tests, the demo and the benchmark use, with the real
-one's answers (held to them by the replay test in tests/integration/test_broker_double.py against
-recording.json).
+"""A double of the AKTIN Broker 1.5.2 (1.5.1 answered an earlier conversation alike but for its
+version): the part of its REST API and its admin websocket that the product, the tests, the demo
+and the benchmark use, with the real one's answers (held to them by the replay test in
+tests/integration/test_broker_double.py against recording.json).
 
 It exists because the real broker's server jars are on no registry this project reaches. It
 keeps everything in memory, serves HTTP/1.1 keep-alive on 127.0.0.1 from threads, and reads the
@@ -10,27 +10,36 @@ same api-keys.properties as the real one.
 
 from __future__ import annotations
 
+import base64
 import email.utils
+import hashlib
 import io
 import re
+import selectors
+import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qs, quote_plus, urlsplit
 from xml.sax.saxutils import escape
 
 from lxml import etree
+from wsproto.connection import Connection, ConnectionType
+from wsproto.events import CloseConnection, Message, Ping, Pong, TextMessage
+from wsproto.frame_protocol import CloseReason
+from wsproto.utilities import LocalProtocolError
 
 from tests.peers import free_port, stop
-from tests.peers.broker import DOUBLE_VERSION, BrokerServer, write_api_keys
+from tests.peers.broker import DOUBLE_VERSION, IDLE_TIMEOUT, BrokerServer, write_api_keys
 from tests.peers.http_server import LocalHttpServer
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -39,8 +48,16 @@ NS = "http://aktin.org/ns/exchange"
 # The node's timestamps of a request, in the order the real broker writes them.
 STATES = ("deleted", "retrieved", "queued", "processing", "completed", "rejected", "failed", "expired", "interaction")
 POSTABLE = {"retrieved", "queued", "processing", "completed", "rejected", "failed", "interaction"}
+# The names of the broker's RequestStatus: it knows "expired" too, but fails to store it.
+KNOWN_STATUSES = POSTABLE | {"expired"}
 DOWNLOAD_SECONDS = 600
 XML = "application/xml"
+WEBSOCKET_PATH = "/broker/websocket"
+WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+# A websocket write to a client that reads nothing fails after this long, and drops the session.
+SEND_SECONDS = 10
+# How long stop() waits for the threads of open connections to end.
+STOP_SECONDS = 10
 
 
 def instant(nanos: int, digits: int) -> str:
@@ -168,14 +185,20 @@ class State:
         # Status rows and results stay behind when a request is deleted, as in the real broker.
         self.status: dict[tuple[int, int], Status] = {}
         self.results: dict[tuple[int, int], tuple[str, bytes, int]] = {}
+        self.resources: dict[tuple[int, str], tuple[str, bytes]] = {}
         self.downloads: dict[str, tuple[str, bytes, float]] = {}
+
+    def dn(self, authorization: str | None) -> str | None:
+        """The distinguished name the caller's API key stands for, if it is a known one."""
+        if not (authorization or "").startswith("Bearer "):
+            return None
+        return self.keys.get((authorization or "").removeprefix("Bearer "))
 
     def node(self, authorization: str | None) -> Node:
         """The caller's node, registered on its first authenticated call."""
-        key = (authorization or "").removeprefix("Bearer ") if (authorization or "").startswith("Bearer ") else None
-        if key is None or key not in self.keys:
+        dn = self.dn(authorization)
+        if dn is None:
             raise unauthorized()
-        dn = self.keys[key]
         node = self.nodes.get(dn)
         if node is None:
             node = self.nodes[dn] = Node(len(self.nodes), dn)
@@ -183,17 +206,26 @@ class State:
         return node
 
     def admin(self, authorization: str | None) -> None:
-        key = (authorization or "").removeprefix("Bearer ")
-        if not (authorization or "").startswith("Bearer ") or "OU=admin" not in self.keys.get(key, "").split(","):
+        if not is_admin(self.dn(authorization)):
             raise unauthorized()
 
 
-class Api:
-    """The broker's endpoints; each returns an Answer or raises Failure."""
+def is_admin(dn: str | None) -> bool:
+    return dn is not None and "OU=admin" in dn.split(",")
 
-    def __init__(self, state: State, url: str) -> None:
+
+def common_name(dn: str) -> str:
+    return next((part.removeprefix("CN=") for part in dn.split(",") if part.startswith("CN=")), "")
+
+
+class Api:
+    """The broker's endpoints; each returns an Answer or raises Failure, and tells `notify` the
+    events the real one broadcasts to its admin websockets."""
+
+    def __init__(self, state: State, url: str, notify: Callable[[str], None]) -> None:
         self.state = state
         self.url = url
+        self.notify = notify
         self.routes: list[tuple[str, re.Pattern[str], Any, str]] = [
             (method, re.compile(pattern), handler, role)
             for method, pattern, handler, role in (
@@ -215,6 +247,7 @@ class Api:
                 ("GET", r"/broker/my/request/(\d+)", self.my_definition, "node"),
                 ("DELETE", r"/broker/my/request/(\d+)", self.my_delete, "node"),
                 ("POST", r"/broker/my/request/(\d+)/status/(\w+)", self.my_status, "node"),
+                ("PUT", r"/broker/my/node/([^/]+)", self.my_resource, "node"),
                 ("PUT", r"/aggregator/my/request/(\d+)/result", self.my_result, "node"),
             )
         ]
@@ -254,6 +287,7 @@ class Api:
         if content_type:
             request.definitions[content_type] = body
         self.state.requests[request.id] = request
+        self.notify(f"created {request.id}")
         return Answer(201, headers=(("Location", f"{self.url}/broker/request/{request.id}"),))
 
     def filtered(self, query: dict[str, list[str]], **_: Any) -> Answer:
@@ -284,10 +318,11 @@ class Api:
             *(leaf("type", t) for t in (request.definitions if types else ())), node_status, id=str(request.id),
         )
 
-    def request(self, request_id: str) -> Request:
+    def request(self, request_id: str, page: bool = False) -> Request:
+        """The request, or a 404: with Jetty's error page where the broker throws NotFoundException."""
         request = self.state.requests.get(int(request_id))
         if request is None:
-            raise Failure(404, "Not Found", page=False)
+            raise Failure(404, "Not Found", page=page)
         return request
 
     def definition(self, request_id: str, headers: Any, **_: Any) -> Answer:
@@ -309,11 +344,17 @@ class Api:
         return Answer(204)
 
     def publish(self, request_id: str, **_: Any) -> Answer:
-        self.request(request_id).published = now(6)
+        request = self.request(request_id, page=True)
+        if request.published is None:
+            request.published = now(6)
+            self.notify(f"published {request.id}")
         return Answer(204)
 
     def close(self, request_id: str, **_: Any) -> Answer:
-        self.request(request_id).closed = now(6)
+        request = self.request(request_id, page=True)
+        if request.closed is None:
+            request.closed = now(6)
+            self.notify(f"closed {request.id}")
         return Answer(204)
 
     def rows(self, request_id: int) -> list[tuple[int, Status]]:
@@ -391,6 +432,9 @@ class Api:
         return Answer(204)
 
     def my_status(self, request_id: str, state: str, caller: Node, headers: Any, body: bytes, **_: Any) -> Answer:
+        if state not in KNOWN_STATUSES:
+            # Jersey cannot make the path's status a RequestStatus, and finds no resource.
+            raise Failure(404, "Not Found")
         if state not in POSTABLE:
             raise Failure(500, "Server Error")
         date = headers.get("Date")
@@ -401,10 +445,18 @@ class Api:
             status.stamps.pop("interaction", None)
         if body and headers.get("Content-Type"):
             status.message = (headers["Content-Type"], body)
+        self.notify(f"status {int(request_id)} {caller.id} {state}")
         return Answer(204)
 
     def my_result(self, request_id: str, caller: Node, headers: Any, body: bytes, **_: Any) -> Answer:
-        self.state.results[(int(request_id), caller.id)] = (headers.get("Content-Type") or XML, body, int(time.time()))
+        media_type = headers.get("Content-Type") or XML
+        self.state.results[(int(request_id), caller.id)] = (media_type, body, int(time.time()))
+        self.notify(f"result {int(request_id)} {caller.id} {jaxrs_media_type(media_type)}")
+        return Answer(204)
+
+    def my_resource(self, name: str, caller: Node, headers: Any, body: bytes, **_: Any) -> Answer:
+        self.state.resources[(caller.id, name)] = (headers.get("Content-Type") or "", body)
+        self.notify(f"resource {caller.id} {name}")
         return Answer(204)
 
     @staticmethod
@@ -424,6 +476,12 @@ def extension(media_type: str) -> str:
     return ".zip" if kind == "application/zip" else ""
 
 
+def jaxrs_media_type(header: str) -> str:
+    """A Content-Type header as JAX-RS's MediaType writes it back: no spaces around ';' and '='."""
+    parts = [part.strip() for part in header.split(";") if part.strip()]
+    return ";".join([parts[0], *("=".join(p.strip() for p in param.split("=", 1)) for param in parts[1:])])
+
+
 def java_url_encode(text: str) -> str:
     """java.net.URLEncoder.encode: like quote_plus, but '*' stays and '~' is encoded."""
     return quote_plus(text, safe="*").replace("~", "%7E")
@@ -438,79 +496,290 @@ def read_api_keys(path: Path) -> dict[str, str]:
     return keys
 
 
+def shut(sock: socket.socket) -> None:
+    """Ends a connection from any thread: shutdown() rather than close() wakes the thread that
+    serves it, which then closes the socket."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        # Already ended by the client.
+        pass
+
+
+class AdminSession:
+    """One open admin websocket. The REST threads write their broadcasts to it while its own
+    thread answers the client, so every write goes under `lock`, whole frames in order."""
+
+    def __init__(self, sock: socket.socket, idle_timeout: int) -> None:
+        self.sock = sock
+        self.idle_timeout = idle_timeout
+        self.protocol = Connection(ConnectionType.SERVER)
+        self.lock = threading.Lock()
+        # Jetty's idle timer counts frames either way.
+        self.last = time.monotonic()
+        # Only select() waits for the client; this bounds a write to one that reads nothing.
+        sock.settimeout(SEND_SECONDS)
+
+    def send(self, event: Message[Any] | Pong | CloseConnection) -> None:
+        """Writes `event` unless the session is closing; a write that fails ends the session."""
+        with self.lock:
+            try:
+                data = self.protocol.send(event)
+            except LocalProtocolError:
+                # The session is closing or closed: there is nobody to tell.
+                return
+            try:
+                self.sock.sendall(data)
+            except OSError:
+                self.end()
+                return
+            self.last = time.monotonic()
+
+    def close(self, event: CloseConnection) -> None:
+        """Sends the close frame and ends the connection without waiting for the client's
+        answer, as Jetty does."""
+        self.send(event)
+        self.end()
+
+    def end(self) -> None:
+        shut(self.sock)
+
+    def serve(self) -> None:
+        """Answers the client until either side closes the session or it idles out."""
+        text = ""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.sock, selectors.EVENT_READ)
+            while True:
+                idle = time.monotonic() - self.last
+                if idle >= self.idle_timeout:
+                    reason = f"Idle timeout expired: {int(idle * 1000)}/{self.idle_timeout * 1000} ms"
+                    self.close(CloseConnection(CloseReason.GOING_AWAY, f"java.util.concurrent.TimeoutException: {reason}"))
+                    return
+                if not selector.select(self.idle_timeout - idle):
+                    continue
+                try:
+                    data = self.sock.recv(65536)
+                except OSError:
+                    data = b""
+                with self.lock:
+                    self.protocol.receive_data(data or None)
+                    events = list(self.protocol.events())
+                self.last = time.monotonic()
+                for event in events:
+                    if isinstance(event, CloseConnection):
+                        self.close(event.response())
+                        return
+                    if isinstance(event, Ping):
+                        self.send(event.response())
+                    elif isinstance(event, TextMessage):
+                        text += event.data
+                        if event.message_finished:
+                            # The only message the broker answers; it ignores any other text,
+                            # binary messages and pongs.
+                            if text.startswith("ping "):
+                                self.send(Message(data="pong " + text[5:]))
+                            text = ""
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle's algorithm, each kept-alive answer
+    # would wait for the client's delayed ACK (40 ms).
+    disable_nagle_algorithm = True
+    double: ClassVar[BrokerDouble]
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def setup(self) -> None:
+        super().setup()
+        self.double.opened(self)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.double.finished(self)
+
+    def serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        if self.is_upgrade():
+            self.websocket()
+            return
+        try:
+            answer = self.double.api.handle(self.command, self.path, self.headers, body)
+        except Failure as failure:
+            answer = self.error_page(failure)
+        self.reply(answer)
+
+    def reply(self, answer: Answer) -> None:
+        self.send_response(answer.status)
+        for name, value in answer.headers:
+            self.send_header(name, value)
+        if answer.content_type:
+            self.send_header("Content-Type", answer.content_type)
+        self.send_header("Content-Length", str(len(answer.body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(answer.body)
+
+    def error_page(self, failure: Failure) -> Answer:
+        """Jetty's error page, in plain text when the client accepts it, else HTML."""
+        if not failure.page:
+            return Answer(failure.status)
+        path = urlsplit(self.path).path
+        if "text/plain" in (self.headers.get("Accept") or ""):
+            text = (
+                f"HTTP ERROR {failure.status} {failure.message}\nURI: {path}\nSTATUS: {failure.status}\n"
+                f"MESSAGE: {failure.message}\nSERVLET: org.glassfish.jersey.servlet.ServletContainer-1\n"
+            )
+            return Answer(failure.status, text.encode("iso-8859-1"), "text/plain;charset=iso-8859-1")
+        html = f"<html><body><h2>HTTP ERROR {failure.status} {escape(failure.message)}</h2></body></html>\n"
+        return Answer(failure.status, html.encode("iso-8859-1"), "text/html;charset=iso-8859-1")
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = serve
+
+    def is_upgrade(self) -> bool:
+        return (
+            self.command == "GET" and urlsplit(self.path).path == WEBSOCKET_PATH
+            and "websocket" in (self.headers.get("Upgrade") or "").lower() and bool(self.headers.get("Sec-WebSocket-Key"))
+        )
+
+    def websocket(self) -> None:
+        """The admin websocket's handshake, authenticated as REST calls are, then the session."""
+        # No HTTP on this connection after an upgrade, whatever its outcome.
+        self.close_connection = True
+        state = self.double.state
+        authorization = self.headers.get("Authorization")
+        with state.lock:
+            dn = state.dn(authorization)
+            if dn is not None and not is_admin(dn):
+                # The handshake registers a node as its REST calls do.
+                state.node(authorization)
+        if dn is None:
+            # The real broker means to refuse by an empty Sec-WebSocket-Accept, but Jetty fails to
+            # add its own to that (immutable) list: the answer is its error page of the exception.
+            page = self.error_page(Failure(500, "java.lang.UnsupportedOperationException"))
+            self.reply(Answer(page.status, page.body, page.content_type, (("Connection", "close"),)))
+            return
+        digest = hashlib.sha1((self.headers["Sec-WebSocket-Key"].strip() + WEBSOCKET_GUID).encode()).digest()
+        self.send_response(101)
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", base64.b64encode(digest).decode())
+        self.send_header("Upgrade", "WebSocket")
+        self.end_headers()
+        # RFC 6455 has the client wait for this answer before it sends a frame, so none of its
+        # bytes can sit in rfile's buffer: the session reads the socket itself.
+        session = AdminSession(self.connection, self.double.idle_timeout)
+        if not is_admin(dn):
+            # Opened, found not to be an administrator's, and closed at once, without a reason.
+            session.close(CloseConnection(CloseReason.NORMAL_CLOSURE))
+            return
+        self.double.hold(session, f"welcome {common_name(dn)}")
+
+
 class BrokerDouble(BrokerServer):
+    """The double in this process. `idle_timeout` is the seconds after which it closes a silent
+    admin websocket (the real broker's aktin.broker.websocket.idletimeoutseconds)."""
+
     kind = f"the AKTIN Broker double (held to {DOUBLE_VERSION} by recorded exchanges)"
     short = "broker double"
     version = DOUBLE_VERSION
 
-    def __init__(self, directory: Path, hospitals: bool = True, port: int = 0) -> None:
+    def __init__(self, directory: Path, hospitals: bool = True, port: int = 0, idle_timeout: int = IDLE_TIMEOUT) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         write_api_keys(directory)
-        state = State(read_api_keys(directory / "api-keys.properties"))
-        api: list[Api] = []
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            # Headers and body go out in two writes; with Nagle's algorithm, each kept-alive
-            # answer would wait for the client's delayed ACK (40 ms).
-            disable_nagle_algorithm = True
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def serve(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                try:
-                    answer = api[0].handle(self.command, self.path, self.headers, body)
-                except Failure as failure:
-                    answer = self.error_page(failure)
-                self.send_response(answer.status)
-                for name, value in answer.headers:
-                    self.send_header(name, value)
-                if answer.content_type:
-                    self.send_header("Content-Type", answer.content_type)
-                self.send_header("Content-Length", str(len(answer.body)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(answer.body)
-
-            def error_page(self, failure: Failure) -> Answer:
-                """Jetty's error page, in plain text when the client accepts it, else HTML."""
-                if not failure.page:
-                    return Answer(failure.status)
-                path = urlsplit(self.path).path
-                if "text/plain" in (self.headers.get("Accept") or ""):
-                    text = (
-                        f"HTTP ERROR {failure.status} {failure.message}\nURI: {path}\nSTATUS: {failure.status}\n"
-                        f"MESSAGE: {failure.message}\nSERVLET: org.glassfish.jersey.servlet.ServletContainer-1\n"
-                    )
-                    return Answer(failure.status, text.encode("iso-8859-1"), "text/plain;charset=iso-8859-1")
-                html = f"<html><body><h2>HTTP ERROR {failure.status} {escape(failure.message)}</h2></body></html>\n"
-                return Answer(failure.status, html.encode("iso-8859-1"), "text/html;charset=iso-8859-1")
-
-            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = serve
-
-        self.http = LocalHttpServer(Handler, port=port)
-        self.port = int(urlsplit(self.http.url).port or 0)
-        api.append(Api(state, f"http://127.0.0.1:{self.port}"))
+        self.state = State(read_api_keys(directory / "api-keys.properties"))
+        self.idle_timeout = idle_timeout
+        # Guards the open connections and sessions, and is notified when a connection ends.
+        self.lock = threading.Condition()
+        self.connections: set[socket.socket] = set()
+        self.sessions: set[AdminSession] = set()
+        self.handler = type("BoundHandler", (Handler,), {"double": self})
+        self.port = port
+        self.listening = False
+        # Its address is known once it listens.
+        self.api = Api(self.state, "", self.broadcast)
+        self._launch()
         self._ready(lambda: None, hospitals)
 
+    def _launch(self) -> None:
+        http = LocalHttpServer(self.handler, port=self.port)
+        with self.lock:
+            self.http = http
+            self.port = int(urlsplit(http.url).port or 0)
+            self.api.url = http.url
+            self.listening = True
+
+    def opened(self, handler: Handler) -> None:
+        with self.lock:
+            if self.listening and handler.server is self.http.server:
+                self.connections.add(handler.connection)
+                return
+        # Accepted just before the listener stopped, or before start() knew it listens: the
+        # client tries again.
+        shut(handler.connection)
+
+    def finished(self, handler: Handler) -> None:
+        with self.lock:
+            self.connections.discard(handler.connection)
+            self.lock.notify_all()
+
+    def hold(self, session: AdminSession, welcome: str) -> None:
+        """Serves an admin's session in the calling thread until it ends; meanwhile it gets
+        every broadcast."""
+        with self.lock:
+            self.sessions.add(session)
+        try:
+            session.send(Message(data=welcome))
+            session.serve()
+        finally:
+            with self.lock:
+                self.sessions.discard(session)
+
+    def broadcast(self, text: str) -> None:
+        with self.lock:
+            sessions = list(self.sessions)
+        for session in sessions:
+            session.send(Message(data=text))
+
     def stop(self) -> None:
+        """Stops listening, closes the open admin websockets as Jetty does when it stops (a close
+        frame without a code), drops every other connection and waits for their threads."""
         self.http.stop()
+        with self.lock:
+            self.listening = False
+            sessions, connections = list(self.sessions), list(self.connections)
+        for session in sessions:
+            # wsproto (from 1.2 on) sends this code as a close frame without one.
+            session.close(CloseConnection(CloseReason.NO_STATUS_RCVD))
+        for connection in connections:
+            shut(connection)
+        with self.lock:
+            if not self.lock.wait_for(lambda: not self.connections, STOP_SECONDS):
+                raise RuntimeError(f"{len(self.connections)} connections still open {STOP_SECONDS} s after stop")
+
+    def restart(self, down: float = 0.0) -> None:
+        """Keeps every request, node, result and status in memory across the restart."""
+        self.stop()
+        time.sleep(down)
+        self._launch()
+        self._wait(lambda: None)
 
 
 class BrokerDoubleProcess(BrokerServer):
     """The double in a process of its own, for the benchmark: the memory it holds must not count
-    as that of the runs it serves (Linux keeps a process's peak RSS across fork and exec)."""
+    as that of the runs it serves (Linux keeps a process's peak RSS across fork and exec). Its
+    state lives and dies with the process, so it has no restart()."""
 
     kind = BrokerDouble.kind
     short = BrokerDouble.short
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, idle_timeout: int = IDLE_TIMEOUT) -> None:
         self.port = free_port()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.broker_double.server", str(directory), str(self.port)], cwd=ROOT
+            [sys.executable, "-m", "tests.broker_double.server", str(directory), str(self.port), str(idle_timeout)], cwd=ROOT
         )
         self._ready(lambda: None if self.process.poll() is None else "the broker double exited", True)
 
@@ -519,5 +788,5 @@ class BrokerDoubleProcess(BrokerServer):
 
 
 if __name__ == "__main__":
-    BrokerDouble(Path(sys.argv[1]), hospitals=False, port=int(sys.argv[2]))
+    BrokerDouble(Path(sys.argv[1]), hospitals=False, port=int(sys.argv[2]), idle_timeout=int(sys.argv[3]))
     threading.Event().wait()

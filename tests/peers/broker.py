@@ -23,7 +23,10 @@ from tests.peers import free_port, stop
 # The releases the double's conversation was checked against (recording.json), newest first.
 RELEASES = ("1.5.2", "1.5.1")
 # The one the recording was made from, whose answers the double gives, its version included.
-DOUBLE_VERSION = "1.5.1"
+DOUBLE_VERSION = "1.5.2"
+# The real broker closes an admin websocket after this many seconds without a frame either way
+# (its system property aktin.broker.websocket.idletimeoutseconds).
+IDLE_TIMEOUT = 7200
 ADMIN_KEY = "xxxAdmin1234"
 NODE_KEYS = {
     "Schwarzwaldklinik": "xxxApiKey123",
@@ -69,16 +72,19 @@ def which() -> str:
     return f"the AKTIN Broker double (no real broker jars on this machine; {NO_JARS_HINT})"
 
 
-def start(directory: Path, own_process: bool = False) -> BrokerServer:
+def start(directory: Path, own_process: bool = False, idle_timeout: int = IDLE_TIMEOUT) -> BrokerServer:
     """The real broker where its jars are present, the double everywhere else (in this process,
-    or with `own_process` in one of its own, as the real one always is)."""
+    or with `own_process` in one of its own, as the real one always is); `idle_timeout` is the
+    seconds after which it closes a silent admin websocket."""
     lib = classpath()
     if lib is not None:
-        return RealBroker(lib, directory)
+        return RealBroker(lib, directory, idle_timeout=idle_timeout)
     # Imported here: the double builds on this module's BrokerServer.
     from tests.broker_double.server import BrokerDouble, BrokerDoubleProcess
 
-    return BrokerDoubleProcess(directory) if own_process else BrokerDouble(directory)
+    if own_process:
+        return BrokerDoubleProcess(directory, idle_timeout)
+    return BrokerDouble(directory, idle_timeout=idle_timeout)
 
 
 def write_api_keys(directory: Path) -> None:
@@ -104,7 +110,8 @@ def request_xml(title: str, tags: list[str], prefix: str = "") -> str:
 
 class BrokerServer:
     """An AKTIN Broker on 127.0.0.1 and the calls the tests make on it as its administrator
-    and as hospitals; `kind` says which broker it is, `version` which release it answers as."""
+    and as hospitals (`nodes`, by name: `submit` a result); `kind` says which broker it is,
+    `version` which release it answers as. Its admin websocket is at `websocket_url`."""
 
     kind = ""
     short = ""
@@ -114,7 +121,14 @@ class BrokerServer:
     def _ready(self, alive: Callable[[], str | None], hospitals: bool) -> None:
         """Waits until the broker answers (`alive` says why it never will), then registers the
         hospitals unless told not to."""
+        self._wait(alive)
+        self.admin = requests.Session()
+        self.admin.headers["Authorization"] = f"Bearer {ADMIN_KEY}"
+        self.nodes = {name: Hospital(self.url, key) for name, key in NODE_KEYS.items()} if hospitals else {}
+
+    def _wait(self, alive: Callable[[], str | None]) -> None:
         self.url = f"http://127.0.0.1:{self.port}"
+        self.websocket_url = f"ws://127.0.0.1:{self.port}/broker/websocket"
         deadline = time.monotonic() + 90
         while True:
             problem = alive()
@@ -128,11 +142,14 @@ class BrokerServer:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.kind} did not start within 90 s")
             time.sleep(0.3)
-        self.admin = requests.Session()
-        self.admin.headers["Authorization"] = f"Bearer {ADMIN_KEY}"
-        self.nodes = {name: Hospital(self.url, key) for name, key in NODE_KEYS.items()} if hospitals else {}
 
     def stop(self) -> None:
+        raise NotImplementedError
+
+    def restart(self, down: float = 0.0) -> None:
+        """Stops the broker, which drops every connection (websockets included) and refuses new
+        ones for `down` seconds, then starts it again on the same port with the same requests,
+        nodes and results, and waits until it answers."""
         raise NotImplementedError
 
     def create_request(self, tags: list[str], title: str = "test", prefix: str = "", publish: bool = True) -> int:
@@ -197,24 +214,33 @@ class Hospital:
 
 
 class RealBroker(BrokerServer):
-    def __init__(self, lib: Path, directory: Path, hospitals: bool = True) -> None:
+    """The real broker in a process of its own; its database lives in `directory`, so that a
+    restart keeps it."""
+
+    def __init__(self, lib: Path, directory: Path, hospitals: bool = True, idle_timeout: int = IDLE_TIMEOUT) -> None:
         self.version = jar_version(lib)
         self.kind = f"the real AKTIN Broker {self.version}"
         self.short = f"real broker {self.version}"
+        self.lib = lib
         self.directory = directory
+        self.idle_timeout = idle_timeout
         directory.mkdir(parents=True, exist_ok=True)
         write_api_keys(directory)
         self.port = free_port()
-        self.log = open(directory / "broker.log", "wb")
+        self._launch()
+        self._ready(self._exited, hospitals)
+
+    def _launch(self) -> None:
+        self.log = open(self.directory / "broker.log", "ab")
         self.process = subprocess.Popen(
             [
-                shutil.which("java") or "java", "-Xmx512m", "-cp", f"{lib}/*",
+                shutil.which("java") or "java", "-Xmx512m", "-cp", f"{self.lib}/*",
                 "-Daktin.broker.password=test-admin-password",
+                f"-Daktin.broker.websocket.idletimeoutseconds={self.idle_timeout}",
                 "org.aktin.broker.admin.standalone.HttpServer", f"127.0.0.1:{self.port}",
             ],
-            cwd=directory, stdout=self.log, stderr=subprocess.STDOUT,
+            cwd=self.directory, stdout=self.log, stderr=subprocess.STDOUT,
         )
-        self._ready(self._exited, hospitals)
 
     def _exited(self) -> str | None:
         if self.process.poll() is None:
@@ -224,6 +250,12 @@ class RealBroker(BrokerServer):
     def stop(self) -> None:
         stop(self.process, 20)
         self.log.close()
+
+    def restart(self, down: float = 0.0) -> None:
+        self.stop()
+        time.sleep(down)
+        self._launch()
+        self._wait(self._exited)
 
 
 def zip_entries(data: bytes) -> dict[str, bytes]:
