@@ -219,7 +219,8 @@ RECEIVE_TOML = Declaration(
         ),
         Option(
             "inbox", "directory", Kind.DIRECTORY, "Where export_ID.zip is placed, decrypted, mode 0600; the "
-            "previous version of a changed request goes to its previous/ folder as export_ID.N.zip.",
+            "previous version of a changed request goes to its previous/ folder as export_ID.N.zip. Created with "
+            "mode 0700; one open to other users, or inside [source] folder, is refused.",
             '"/var/lib/aktin/receive/inbox"', default="/var/lib/aktin/receive/inbox",
         ),
         Option(
@@ -227,7 +228,8 @@ RECEIVE_TOML = Declaration(
             "withdrawn/ folder; otherwise it stays where it is.", "false", default=False,
         ),
         Option(
-            "state", "directory", Kind.DIRECTORY, "Where received.json, the lock and the downloaded tokens live.",
+            "state", "directory", Kind.DIRECTORY, "Where received.json, the lock and the downloaded tokens live. "
+            "Created with mode 0700; one open to other users, or inside [source] folder, is refused.",
             '"/var/lib/aktin/receive"', default="/var/lib/aktin/receive",
         ),
         Option(

@@ -3,12 +3,13 @@ every file is checked against its recorded size and SHA-256 before it is decrypt
 its recorded key id names, and placed in the inbox as a zip under its final name only when whole.
 
 Nothing is ever removed from the source. Plaintext is written only to the inbox (a temporary
-name there, then renamed), mode 0600 in folders of mode 0700.
+name there, then renamed), mode 0600 in folders of mode 0700 that the sender's login cannot reach.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import logging
 import lzma
@@ -20,14 +21,14 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from aktin_sftp import crypto, state
 from aktin_sftp.config import ReceiveConfig
 from aktin_sftp.crypto import Writer
-from aktin_sftp.errors import EX_CONFIG, EX_DATAERR, ConfigError, SyncError, UnavailableError
+from aktin_sftp.errors import EX_CONFIG, EX_DATAERR, ConfigError, LockedError, SyncError
 from aktin_sftp.faults import checkpoint
-from aktin_sftp.files import Hashing, open_private
+from aktin_sftp.files import Hashing
 from aktin_sftp.lock import exclusive
 from aktin_sftp.received import Inbox, InboxFile, Mismatch, Received
 from aktin_sftp.sftp import Remote
@@ -45,6 +46,8 @@ _TOKEN = re.compile(r"\.receive_[0-9]+\.fernet")
 _UNFINISHED = re.compile(r"\.export_[0-9]+\.zip\.partial")
 # As the sender writes them; anything else would end up in log lines unchecked.
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
+# sysexits.h: a listed file that cannot be read for a reason other than permissions.
+EX_IOERR = 74
 
 
 def result_name(request_id: int) -> str:
@@ -56,13 +59,28 @@ class Differs(Exception):
     or replaced it meanwhile, or someone put something else under its name."""
 
 
+class Unreadable(Exception):
+    """A listed file that this user may not, or cannot, read: no later run alone cures that."""
+
+    def __init__(self, reason: str, exit_code: int) -> None:
+        super().__init__(reason)
+        self.exit_code = exit_code
+
+    @staticmethod
+    def of(exc: OSError) -> Unreadable:
+        if isinstance(exc, PermissionError):
+            return Unreadable("permission denied", EX_CONFIG)
+        return Unreadable(exc.strerror or str(exc) or type(exc).__name__, EX_IOERR)
+
+
 class Source(Protocol):
     def where(self, name: str) -> str: ...
 
     def listing(self) -> dict[str, int]: ...
 
-    def download(self, name: str, local: Writer) -> None:
-        """Raises Differs when `name` is no regular file (anymore); so may `local.write`."""
+    def download(self, name: str, local: Writer, most: int) -> None:
+        """Reads at most `most` bytes. Raises Differs when `name` is no regular file (anymore),
+        and so may `local.write`; Unreadable when this user may not read it."""
 
 
 class LocalFolder:
@@ -77,7 +95,7 @@ class LocalFolder:
     def listing(self) -> dict[str, int]:
         return {e.name: e.stat().st_size for e in os.scandir(self.folder) if e.is_file(follow_symlinks=False)}
 
-    def download(self, name: str, local: Writer) -> None:
+    def download(self, name: str, local: Writer, most: int) -> None:
         # The folder is writable by the sender's login: what was a file when listed may be a
         # symbolic link to any file of this machine, or a FIFO that would block, by now.
         try:
@@ -87,12 +105,18 @@ class LocalFolder:
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise Differs("is a symbolic link") from None
-            raise
+            if exc.errno == errno.ENXIO:  # a socket
+                raise Differs("is not a regular file") from None
+            raise Unreadable.of(exc) from None
         with os.fdopen(descriptor, "rb") as handle:
             if not stat.S_ISREG(os.fstat(descriptor).st_mode):
                 raise Differs("is not a regular file")
-            while chunk := handle.read(1 << 20):
-                local.write(chunk)
+            try:
+                while most > 0 and (chunk := handle.read(min(1 << 20, most))):
+                    most -= len(chunk)
+                    local.write(chunk)
+            except OSError as exc:
+                raise Unreadable.of(exc) from None
 
 
 class SftpFolder:
@@ -107,16 +131,16 @@ class SftpFolder:
     def listing(self) -> dict[str, int]:
         return self.remote.listing()
 
-    def download(self, name: str, local: Writer) -> None:
+    def download(self, name: str, local: Writer, most: int) -> None:
         try:
-            self.remote.download(name, local)
-        except UnavailableError:
-            raise
-        except SyncError:
-            # The server's "no such file" arrives as any other refusal; the folder tells which.
-            if name not in self.remote.listing():
+            self.remote.download_at_most(name, local, most)
+        except PermissionError as exc:
+            raise Unreadable.of(exc) from None
+        except OSError as exc:
+            # Some servers answer "no such file" as a plain failure; the folder tells which.
+            if isinstance(exc, FileNotFoundError) or name not in self.remote.listing():
                 raise Differs("is missing") from None
-            raise
+            raise Unreadable.of(exc) from None
 
 
 @dataclass
@@ -124,6 +148,7 @@ class Due:
     """What a run has to do, decided from status.xml and the recipient's state alone."""
 
     fetch: list[Entry] = field(default_factory=list)
+    # Each withdrawal is reported once, also of a request this recipient never received.
     withdrawn: list[Entry] = field(default_factory=list)
     # Listed without size and SHA-256 (written by the upstream uploader): nothing vouches for them.
     unvouched: list[int] = field(default_factory=list)
@@ -134,7 +159,12 @@ def due(entries: Mapping[int, Entry], inbox: Inbox) -> Due:
     for entry in sorted(entries.values(), key=lambda e: e.id):
         taken = inbox.received.get(entry.id)
         if entry.deleted is not None:
-            if taken is not None and taken.withdrawn is None:
+            if taken is not None:
+                reported = taken.withdrawn is not None
+            else:
+                # Delivered again and withdrawn once more, never received: a withdrawal of its own.
+                reported = inbox.withdrawn_unreceived.get(entry.id) == entry.deleted
+            if not reported:
                 plan.withdrawn.append(entry)
         elif entry.copy is None:
             plan.unvouched.append(entry.id)
@@ -180,43 +210,106 @@ class Summary:
 
 def receive(config: ReceiveConfig, dry_run: bool = False, show: Callable[[str], None] = print) -> Summary:
     keys = {crypto.key_id(key): key for key in (crypto.load_key(path) for path in config.key_files)}
+    _check_places(config)
+    if dry_run:
+        return _dry_run(config, keys, show)
     _private_folder(config.state_dir, "[state] directory")
-    with exclusive(config.state_dir / "lock"), _source(config) as source:
-        store = InboxFile(config.state_dir / STATE_NAME)
-        inbox = store.load()
-        entries, listing = _status(source)
-        plan = due(entries, inbox)
-        summary = Summary(unchanged=len(entries) - len(plan.fetch) - len(plan.withdrawn) - len(plan.unvouched))
-        for request_id in plan.unvouched:
-            log.warning("request %s: %s lists no size and SHA-256 for it (an upstream uploader's): not taken in",
-                        request_id, source.where(STATUS_NAME))
-        if dry_run:
-            for entry in plan.fetch:
-                show(f"would receive request {entry.id} ({'changed' if entry.id in inbox.received else 'new'})")
-            for entry in plan.withdrawn:
-                show(f"would report request {entry.id} as withdrawn")
-            show(f"receive --dry-run: {len(plan.fetch)} to receive, {len(plan.withdrawn)} withdrawn, "
-                 f"{summary.unchanged} unchanged; nothing was changed")
-            return summary
+    _private_folder(config.inbox, "[inbox] directory")
+    with exclusive(config.state_dir / "lock"), _one_run_in(config.inbox):
+        # Before anything that may fail: a killed run's plaintext is not left for longer.
         _drop_leftovers(config)
-        for entry in plan.withdrawn:
-            _withdraw(config, entry, inbox)
-            store.save(inbox)
-            summary.withdrawn += 1
-        for entry in plan.fetch:
-            try:
-                _take_in(config, source, listing, entry, keys, inbox)
-                summary.received += 1
-            except Refused as refusal:
-                log.log(logging.ERROR if refusal.exit_code else logging.WARNING, "request %s: %s", entry.id, refusal)
-                summary.refused += 1
-                summary.exit_code = max(summary.exit_code, refusal.exit_code)
-            store.save(inbox)
-            checkpoint("receive:recorded")
+        with _source(config) as source:
+            summary = _take_all_in(config, source, keys)
     if summary.exit_code:
         raise Unfinished(summary.line(config.inbox), summary.exit_code)
     log.info("%s", summary.line(config.inbox))
     return summary
+
+
+def _take_all_in(config: ReceiveConfig, source: Source, keys: Mapping[str, bytes]) -> Summary:
+    store = InboxFile(config.state_dir / STATE_NAME)
+    inbox = store.load()
+    entries, listing = _status(source)
+    plan = due(entries, inbox)
+    summary = Summary(unchanged=_unchanged(entries, plan))
+    _refuse_unvouched(plan, source, summary)
+    for entry in plan.withdrawn:
+        _withdraw(config, entry, inbox)
+        store.save(inbox)
+        summary.withdrawn += 1
+    for entry in plan.fetch:
+        try:
+            _take_in(config, source, listing, entry, keys, inbox)
+            summary.received += 1
+        except Refused as refusal:
+            _report(entry, refusal, summary)
+        store.save(inbox)
+        checkpoint("receive:recorded")
+    return summary
+
+
+def _dry_run(config: ReceiveConfig, keys: Mapping[str, bytes], show: Callable[[str], None]) -> Summary:
+    """What a run would do, short of fetching (its summary counts what would be received):
+    nothing is created, not even the state directory. received.json is read without the lock,
+    as a run replaces it atomically."""
+    inbox = InboxFile(config.state_dir / STATE_NAME).load()
+    with _source(config) as source:
+        entries, _ = _status(source)
+        plan = due(entries, inbox)
+        summary = Summary(unchanged=_unchanged(entries, plan))
+        _refuse_unvouched(plan, source, summary)
+    for entry in plan.fetch:
+        try:
+            _key(entry, keys)
+        except Refused as refusal:
+            _report(entry, refusal, summary)
+            continue
+        summary.received += 1
+        show(f"would receive request {entry.id} ({'changed' if entry.id in inbox.received else 'new'})")
+    for entry in plan.withdrawn:
+        show(f"would report request {entry.id} as withdrawn")
+    line = (f"receive --dry-run: {summary.received} to receive, {len(plan.withdrawn)} withdrawn, "
+            f"{summary.refused} refused, {summary.unchanged} unchanged; nothing was changed")
+    if summary.exit_code:
+        raise Unfinished(line, summary.exit_code)
+    show(line)
+    return summary
+
+
+def _unchanged(entries: Mapping[int, Entry], plan: Due) -> int:
+    return len(entries) - len(plan.fetch) - len(plan.withdrawn) - len(plan.unvouched)
+
+
+def _refuse_unvouched(plan: Due, source: Source, summary: Summary) -> None:
+    """A warning, as the sender's next run delivers an upstream uploader's request anew, with both."""
+    for request_id in plan.unvouched:
+        log.warning("request %s: %s lists no size and SHA-256 for it (an upstream uploader's): not taken in",
+                    request_id, source.where(STATUS_NAME))
+        summary.refused += 1
+
+
+def _report(entry: Entry, refusal: Refused, summary: Summary) -> None:
+    log.log(logging.ERROR if refusal.exit_code else logging.WARNING, "request %s: %s", entry.id, refusal)
+    summary.refused += 1
+    summary.exit_code = max(summary.exit_code, refusal.exit_code)
+
+
+@contextmanager
+def _one_run_in(inbox: Path) -> Iterator[None]:
+    """One run at a time in an inbox, which several configs may share: a lock on the folder
+    itself, which puts no file among the recipient's."""
+    descriptor = os.open(inbox, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockedError(
+                f"another run holds {inbox} (of a config sharing this inbox); this one exits and the next timer run continues"
+            ) from None
+        # The kernel drops the lock with the process, so a killed run never leaves it stuck.
+        yield
+    finally:
+        os.close(descriptor)
 
 
 @contextmanager
@@ -241,9 +334,12 @@ def _status(source: Source) -> tuple[dict[int, Entry], dict[str, int]]:
         raise SyncError(f"{where} is {size >> 20} MiB: no status.xml is that large; not read")
     data = _Bytes(STATUS_LIMIT)
     try:
-        source.download(STATUS_NAME, data)
+        source.download(STATUS_NAME, data, STATUS_LIMIT + 1)
     except Differs as differs:
         raise SyncError(f"{where} {differs}; nothing was taken in, the next run tries again") from None
+    except Unreadable as unreadable:
+        raise Unfinished(f"{where} cannot be read by this user ({unreadable}); nothing was taken in",
+                         unreadable.exit_code) from None
     checkpoint("receive:status")
     try:
         entries = state.parse(bytes(data.data), where)
@@ -296,20 +392,19 @@ def _take_in(
     """Fetches, checks, decrypts and places one request's file; records it in `inbox`."""
     assert entry.copy is not None
     name = result_name(entry.id)
-    key = keys.get(entry.copy.key_id)
-    if key is None:
-        raise Refused(
-            f"{name} is encrypted with key id {entry.copy.key_id}, which none of [keys] files has: ask the sender "
-            "for that key file (its id is the first 16 hex digits of the SHA-256 of the file's text) and add it "
-            "to [keys] files", EX_CONFIG,
-        )
+    key = _key(entry, keys)
     token = config.state_dir / f".receive_{entry.id}.fernet"
     try:
-        problem = _fetch(source, listing, name, entry.copy, token)
+        try:
+            problem = _fetch(source, listing, name, entry.copy, token)
+        except Unreadable as unreadable:
+            raise Refused(
+                f"{source.where(name)} cannot be read by this user ({unreadable}): not taken in; the sender's files "
+                "must be readable by the user receive runs as (over SFTP, by [sftp] username)", unreadable.exit_code,
+            ) from None
         if problem:
             raise _mismatch(config, entry, inbox, f"{source.where(name)} {problem}")
         inbox.mismatches.pop(entry.id, None)
-        _private_folder(config.inbox, "[inbox] directory")
         unfinished = config.inbox / f".{name}.partial"
         try:
             plain = _decrypt(key, token, unfinished, source.where(name))
@@ -321,7 +416,20 @@ def _take_in(
     finally:
         token.unlink(missing_ok=True)
     inbox.received[entry.id] = Received(entry.id, entry.copy.sha256, entry.copy.key_id, state.now())
+    inbox.withdrawn_unreceived.pop(entry.id, None)
     log.info("request %s: received %s as %s", entry.id, source.where(name), config.inbox / name)
+
+
+def _key(entry: Entry, keys: Mapping[str, bytes]) -> bytes:
+    assert entry.copy is not None
+    key = keys.get(entry.copy.key_id)
+    if key is None:
+        raise Refused(
+            f"{result_name(entry.id)} is encrypted with key id {entry.copy.key_id}, which none of [keys] files has: "
+            "ask the sender for that key file (its id is the first 16 hex digits of the SHA-256 of the file's text) "
+            "and add it to [keys] files", EX_CONFIG,
+        )
+    return key
 
 
 def _fetch(source: Source, listing: Mapping[str, int], name: str, vouched: state.Copy, token: Path) -> str | None:
@@ -331,10 +439,10 @@ def _fetch(source: Source, listing: Mapping[str, int], name: str, vouched: state
         return "is missing"
     if listed != vouched.size:
         return f"has {listed} bytes, status.xml says {vouched.size}"
-    with open_private(token) as handle:
+    with _create(token) as handle:
         hashing = Hashing(handle)
         try:
-            source.download(name, _Bounded(hashing, vouched.size))
+            source.download(name, _Bounded(hashing, vouched.size), vouched.size + 1)
         except Differs as differs:
             return str(differs)
         got = handle.tell()
@@ -364,33 +472,45 @@ def _mismatch(config: ReceiveConfig, entry: Entry, inbox: Inbox, problem: str) -
 
 def _decrypt(key: bytes, token: Path, unfinished: Path, where: str) -> str:
     """The plaintext's SHA-256, once it is checked to be a zip."""
-    try:
-        with open_private(unfinished) as handle:
-            hashing = Hashing(handle)
+    with _create(unfinished) as handle:
+        hashing = Hashing(handle)
+        try:
             crypto.decrypt_file(key, token, hashing)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except crypto.InvalidTokenError as exc:
-        raise Refused(f"{where} matches status.xml but does not open with its key ({exc})", EX_DATAERR) from None
-    try:
-        with zipfile.ZipFile(unfinished) as bundle:
-            broken = bundle.testzip()
-    # What zipfile raises for a member it cannot read: a compression method or encryption it
-    # does not know (RuntimeError), a broken LZMA or bzip2 stream (LZMAError, OSError), one cut short.
-    except (zipfile.BadZipFile, RuntimeError, lzma.LZMAError, OSError, EOFError) as exc:
-        raise Refused(f"{where} decrypts, but not to a zip this can read ({type(exc).__name__}: {exc})", EX_DATAERR) from None
+        except crypto.InvalidTokenError as exc:
+            raise Refused(f"{where} matches status.xml but does not open with its key ({exc})", EX_DATAERR) from None
+        handle.flush()
+        os.fsync(handle.fileno())
+        handle.seek(0)
+        try:
+            # What was written, through the same descriptor: not whatever is under the name by now.
+            with zipfile.ZipFile(handle) as bundle:
+                broken = bundle.testzip()
+        # What zipfile raises for a member it cannot read: a compression method or encryption it
+        # does not know (RuntimeError), a broken LZMA or bzip2 stream (LZMAError, OSError), one cut short.
+        except (zipfile.BadZipFile, RuntimeError, lzma.LZMAError, OSError, EOFError) as exc:
+            raise Refused(
+                f"{where} decrypts, but not to a zip this can read ({type(exc).__name__}: {exc})", EX_DATAERR
+            ) from None
     if broken is not None:
         raise Refused(f"{where} decrypts to a zip whose member {broken!r} is damaged", EX_DATAERR)
     return hashing.digest.hexdigest()
+
+
+def _create(path: Path) -> BinaryIO:
+    """A new file of mode 0600 under one of our temporary names, which a run cleared of
+    leftovers: whatever else is there (a link put there to lead plaintext elsewhere) is an
+    error, never written through."""
+    return os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "w+b")
 
 
 def _place(folder: Path, name: str, unfinished: Path, plain_sha256: str) -> None:
     """Renames the new version into place; the one it replaces goes to previous/ first. A
     file already there with the same content is what an interrupted run placed: it stays."""
     final = folder / name
-    if final.exists():
-        if _sha256(final) == plain_sha256:
-            return
+    there = _placed_sha256(final)
+    if there == plain_sha256:
+        return
+    if there is not None:
         previous = folder / "previous"
         _private_folder(previous, "[inbox] directory")
         os.replace(final, previous / _next_version(previous, name))
@@ -406,7 +526,13 @@ def _next_version(folder: Path, name: str) -> str:
 
 
 def _withdraw(config: ReceiveConfig, entry: Entry, inbox: Inbox) -> None:
+    assert entry.deleted is not None
     name = result_name(entry.id)
+    if entry.id not in inbox.received:
+        log.info("request %s: withdrawn by the sender on %s before this recipient received it (received.json has "
+                 "no record of it); the inbox is left as it is", entry.id, entry.deleted)
+        inbox.withdrawn_unreceived[entry.id] = entry.deleted
+        return
     placed = config.inbox / name
     withdrawn = config.inbox / "withdrawn"
     if not config.move_withdrawn:
@@ -430,12 +556,27 @@ def _withdraw(config: ReceiveConfig, entry: Entry, inbox: Inbox) -> None:
 
 
 def _drop_leftovers(config: ReceiveConfig) -> None:
-    """An interrupted run's token downloads and unfinished plaintext; only our own names."""
+    """An interrupted run's token downloads and unfinished plaintext; only our own names, and
+    links under them too (which would lead the next write elsewhere)."""
     for folder, pattern in ((config.state_dir, _TOKEN), (config.inbox, _UNFINISHED)):
-        if folder.is_dir():
-            for path in folder.iterdir():
-                if pattern.fullmatch(path.name) and path.is_file():
-                    path.unlink()
+        for path in folder.iterdir():
+            if pattern.fullmatch(path.name) and (path.is_symlink() or not path.is_dir()):
+                path.unlink()
+
+
+def _check_places(config: ReceiveConfig) -> None:
+    """Plaintext and state where no one else reaches them: checked before a run (or a dry run)
+    creates anything."""
+    for folder, key in ((config.inbox, "[inbox] directory"), (config.state_dir, "[state] directory")):
+        if config.folder is not None:
+            source = config.folder.resolve()
+            if source == folder.resolve() or source in folder.resolve().parents:
+                raise ConfigError(
+                    f"{key} {folder} is inside [source] folder {config.folder}, which the sender's login can reach: "
+                    "choose a directory outside it"
+                )
+        if folder.exists():
+            _closed(folder, key)
 
 
 def _private_folder(folder: Path, key: str) -> None:
@@ -443,16 +584,49 @@ def _private_folder(folder: Path, key: str) -> None:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"{folder} cannot be created ({exc.strerror}); check {key}") from None
+    _closed(folder, key)
     if not os.access(folder, os.W_OK):
         raise ConfigError(f"{folder} is not writable by this user; check {key}")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+def _closed(folder: Path, key: str) -> None:
+    """A folder created earlier, by hand or by a package, may be open to others: refused, not
+    changed, as its mode may be what someone else relies on."""
+    mode = folder.stat().st_mode
+    if not stat.S_ISDIR(mode):
+        raise ConfigError(f"{folder} is not a directory; check {key}")
+    if mode & 0o077:
+        raise ConfigError(
+            f"{folder} is open to other users (mode {mode & 0o777:o}), and it holds received data: "
+            f"run 'chmod 700 {folder}' (or check {key})"
+        )
+
+
+def _placed_sha256(path: Path) -> str | None:
+    """Of the file under a final name in the inbox; None when there is none. Anything else
+    there is refused: reading a FIFO would wait forever, a link to a device read on and on."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENXIO):
+            raise
+        raise _not_a_file(path) from None
+    with os.fdopen(descriptor, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise _not_a_file(path)
+        digest = hashlib.sha256()
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _not_a_file(path: Path) -> Refused:
+    return Refused(
+        f"{path} is not a regular file, so the received file is not placed there: move it away, and the next run "
+        "places it", EX_CONFIG,
+    )
 
 
 def _sync(folder: Path) -> None:

@@ -34,6 +34,8 @@ class Mismatch:
 class Inbox:
     received: dict[int, Received] = field(default_factory=dict)
     mismatches: dict[int, Mismatch] = field(default_factory=dict)
+    # Requests withdrawn before they were received, with the time of the withdrawal reported.
+    withdrawn_unreceived: dict[int, str] = field(default_factory=dict)
 
 
 class Damaged(SyncError):
@@ -49,6 +51,8 @@ def parse(data: bytes, source: str) -> Inbox:
         raw = json.loads(data)
         received = {int(i): Received(**fields) for i, fields in raw["received"].items()}
         mismatches = {int(i): Mismatch(**fields) for i, fields in raw["mismatches"].items()}
+        # Absent from the files of the versions before it was recorded.
+        withdrawn_unreceived = {int(i): deleted for i, deleted in raw.get("withdrawn_unreceived", {}).items()}
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise Damaged(source, f"not a state receive wrote ({type(exc).__name__})") from None
     # JSON gives any type for any field; a wrong one would fail later, in the middle of a run.
@@ -60,7 +64,10 @@ def parse(data: bytes, source: str) -> Inbox:
     for request_id, mismatch in mismatches.items():
         if not _sha256(mismatch.sha256) or type(mismatch.runs) is not int or mismatch.runs < 1:
             raise Damaged(source, f"its count of mismatches of request {request_id} cannot be one receive wrote")
-    return Inbox(received, mismatches)
+    for request_id, deleted in withdrawn_unreceived.items():
+        if not isinstance(deleted, str):
+            raise Damaged(source, f"its record of the withdrawal of request {request_id} cannot be one receive wrote")
+    return Inbox(received, mismatches, withdrawn_unreceived)
 
 
 def _sha256(value: object) -> bool:
@@ -72,6 +79,7 @@ def serialize(inbox: Inbox) -> bytes:
         {
             "received": {str(i): asdict(r) for i, r in sorted(inbox.received.items())},
             "mismatches": {str(i): asdict(m) for i, m in sorted(inbox.mismatches.items())},
+            "withdrawn_unreceived": {str(i): deleted for i, deleted in sorted(inbox.withdrawn_unreceived.items())},
         },
         indent=1,
     ).encode() + b"\n"

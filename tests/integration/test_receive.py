@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -35,7 +36,8 @@ from tests.peers.toxiproxy import Toxiproxy
 
 
 def receive_config(
-    directory: Path, key_files: list[Path], source: str, move_withdrawn: bool = False, mismatch_runs: int | None = None
+    directory: Path, key_files: list[Path], source: str, move_withdrawn: bool = False, mismatch_runs: int | None = None,
+    inbox: Path | None = None, state_dir: Path | None = None,
 ) -> Path:
     path = directory / "receive.toml"
     keys = ", ".join(f'"{k}"' for k in key_files)
@@ -45,11 +47,11 @@ def receive_config(
 files = [{keys}]
 
 [inbox]
-directory = "{directory / 'inbox'}"
+directory = "{inbox or directory / 'inbox'}"
 move_withdrawn = {'true' if move_withdrawn else 'false'}
 
 [state]
-directory = "{directory / 'receive-state'}"
+directory = "{state_dir or directory / 'receive-state'}"
 {runs}""")
     path.chmod(0o600)
     return path
@@ -72,9 +74,11 @@ folder = "{remote_folder}"
 {wait}"""
 
 
-def receive(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def receive(
+    config: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120, prefix: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*receive_command(config), *args], capture_output=True, text=True, cwd=ROOT, timeout=120, env=env,
+        [*prefix, *receive_command(config), *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout, env=env,
     )
 
 
@@ -135,9 +139,9 @@ def test_what_a_run_delivered_arrives_in_the_inbox_byte_for_byte(
         assert planned.returncode == 0, planned.stderr
         assert planned.stdout.splitlines() == [
             *(f"would receive request {i} (new)" for i in ids),
-            "receive --dry-run: 2 to receive, 0 withdrawn, 0 unchanged; nothing was changed",
+            "receive --dry-run: 2 to receive, 0 withdrawn, 0 refused, 0 unchanged; nothing was changed",
         ]
-        assert not (directory / "inbox").exists() and not (directory / "receive-state" / "received.json").exists()
+        assert sorted(p.name for p in directory.iterdir()) == ["receive.toml"]
         assert "nothing received yet" in receive(config, "--status").stdout
 
         done = receive(config)
@@ -164,7 +168,7 @@ def test_what_a_run_delivered_arrives_in_the_inbox_byte_for_byte(
         assert all(f"key id {key_id(key_file)}" in line for line in listed.stdout.splitlines())
         again = receive(config)
         assert again.returncode == 0 and "0 received, 0 withdrawn, 0 refused, 2 unchanged" in again.stderr
-        assert "receive --dry-run: 0 to receive, 0 withdrawn, 2 unchanged" in receive(config, "--dry-run").stdout
+        assert "receive --dry-run: 0 to receive, 0 withdrawn, 0 refused, 2 unchanged" in receive(config, "--dry-run").stdout
     # Nothing is ever removed from, or written to, the source.
     assert tree(setup.folder) == delivered
 
@@ -363,7 +367,7 @@ def test_a_file_that_keeps_differing_from_status_xml_becomes_an_error_naming_the
     assert ("has a SHA-256 other than status.xml says" if damage == "tampered" else "bytes, status.xml says") in line
     assert "ERROR: receive: 0 received, 0 withdrawn, 1 refused, 0 unchanged" in failed.stderr
     # Nothing decrypted, nothing left behind, the source as it was.
-    assert not (config.parent / "inbox").exists()
+    assert tree(config.parent / "inbox") == {}
     assert state_files(config.parent) == ["lock", "received.json"]
     assert len(token.read_bytes()) == (len(data) if damage == "tampered" else len(data) // 2)
 
@@ -417,7 +421,7 @@ def test_a_file_that_matches_status_xml_but_does_not_open_is_refused_at_once(
     assert "Traceback" not in failed.stderr
     assert tree(config.parent / "inbox") == {}
     assert state_files(config.parent) == ["lock", "received.json"]
-    assert received(config.parent) == {"received": {}, "mismatches": {}}
+    assert received(config.parent) == {"received": {}, "mismatches": {}, "withdrawn_unreceived": {}}
 
 
 def vouched_entry(request_id: str, key: str = "0123456789abcdef", deleted: str = "") -> str:
@@ -456,7 +460,7 @@ def test_a_hostile_status_xml_is_refused_as_a_whole(content: str, tmp_path: Path
     assert "nothing was taken in" in line
     # The sender's text never makes a line of its own.
     assert not [n for n in failed.stderr.splitlines() if "forged" in n and n != line]
-    assert not (config.parent / "inbox").exists()
+    assert tree(config.parent / "inbox") == {}
     assert state_files(config.parent) == ["lock"]
     assert sorted(p.name for p in source.iterdir()) == ["status.xml"]
 
@@ -510,6 +514,217 @@ def test_one_run_at_a_time(setup: Setup, broker_server: BrokerServer, tmp_path: 
     assert first.returncode == 0 and "receive: 1 received" in first.stderr, first.stderr
 
 
+def test_two_recipients_sharing_an_inbox_take_turns(setup: Setup, broker_server: BrokerServer, tmp_path: Path) -> None:
+    """Two configs, each with its own state, one inbox: one run at a time in that inbox too, so
+    neither removes the other's unfinished file as a leftover."""
+    (request_id,) = deliver(broker_server, setup, 1)
+    assert setup.run("run").returncode == 0
+    shared = tmp_path / "inbox"
+    configs = []
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        configs.append(receive_config(tmp_path / name, [tmp_path / "fernet.key"], local_source(setup.folder), inbox=shared))
+    held = Paused(receive_command(configs[0]), "receive:decrypted", tmp_path)
+    other = receive(configs[1])
+    assert other.returncode == 75, other.stderr
+    assert f"another run holds {shared}" in one_error_line(other.stderr)
+    held.release()
+    first = held.finish()
+    assert first.returncode == 0 and "receive: 1 received" in first.stderr, first.stderr
+    name = f"export_{request_id}.zip"
+    assert tree(shared) == {name: setup.decrypt(name)}
+
+
+def test_a_link_under_the_unfinished_name_never_takes_plaintext_out_of_the_inbox(
+    setup: Setup, broker_server: BrokerServer, tmp_path: Path
+) -> None:
+    (request_id,) = deliver(broker_server, setup, 1)
+    assert setup.run("run").returncode == 0
+    config = recipient(tmp_path, "recipient", [tmp_path / "fernet.key"], local_source(setup.folder))
+    inbox = config.parent / "inbox"
+    inbox.mkdir(mode=0o700)
+    outside = config.parent / "outside.zip"
+    (inbox / f".export_{request_id}.zip.partial").symlink_to(f"../{outside.name}")
+    done = receive(config)
+    assert done.returncode == 0, done.stderr
+    assert not outside.exists()
+    placed = inbox / f"export_{request_id}.zip"
+    assert not placed.is_symlink()
+    assert tree(inbox) == {placed.name: setup.decrypt(placed.name)}
+
+
+@pytest.mark.parametrize("odd", ["fifo", "link-to-a-device"])
+def test_something_other_than_a_file_under_the_name_in_the_inbox_is_refused_in_time_and_left_alone(
+    odd: str, setup: Setup, broker_server: BrokerServer, tmp_path: Path
+) -> None:
+    (request_id,) = deliver(broker_server, setup, 1)
+    assert setup.run("run").returncode == 0
+    config = recipient(tmp_path, "recipient", [tmp_path / "fernet.key"], local_source(setup.folder))
+    inbox = config.parent / "inbox"
+    inbox.mkdir(mode=0o700)
+    placed = inbox / f"export_{request_id}.zip"
+    if odd == "fifo":
+        os.mkfifo(placed, 0o600)
+    else:
+        placed.symlink_to("/dev/zero")
+    started = time.monotonic()
+    failed = receive(config, timeout=30)
+    assert time.monotonic() - started < 10, failed.stderr
+    assert failed.returncode == 78, failed.stderr
+    line = next(line for line in failed.stderr.splitlines() if line.startswith(f"ERROR: request {request_id}:"))
+    assert f"{placed} is not a regular file" in line and "move it away" in line
+    assert "receive: 0 received, 0 withdrawn, 1 refused, 0 unchanged" in failed.stderr
+    assert stat.S_ISFIFO(placed.lstat().st_mode) if odd == "fifo" else placed.is_symlink()
+    assert [p.name for p in inbox.iterdir()] == [placed.name]
+    assert state_files(config.parent) == ["lock", "received.json"]
+    assert received(config.parent)["received"] == {}
+
+    # Once it is moved away, the next run places the file.
+    placed.unlink()
+    done = receive(config)
+    assert done.returncode == 0, done.stderr
+    assert tree(inbox) == {placed.name: setup.decrypt(placed.name)}
+
+
+@pytest.mark.parametrize("source", ["local", "sftp"])
+def test_a_file_this_user_cannot_read_is_refused_and_the_others_come_in(
+    source: str, setup: Setup, broker_server: BrokerServer, ssh_server: SshServer, tmp_path: Path
+) -> None:
+    ids = deliver(broker_server, setup, 3)
+    assert setup.run("run").returncode == 0
+    unreadable = setup.folder / f"export_{ids[1]}.zip"
+    mode = unreadable.stat().st_mode
+    prefix: tuple[str, ...] = ()
+    if source == "local":
+        # Root reads any file: a copy of root's own, read without the capabilities that let root
+        # read past a file's mode.
+        shutil.copytree(setup.folder, tmp_path / "source")
+        unreadable = tmp_path / "source" / unreadable.name
+        config = recipient(tmp_path, "recipient", [tmp_path / "fernet.key"], local_source(unreadable.parent))
+        prefix = ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all")
+    else:
+        config = recipient(tmp_path, "recipient", [tmp_path / "fernet.key"], sftp_source(setup.remote_folder, ssh_server))
+    unreadable.chmod(0)
+    failed = receive(config, prefix=prefix)
+    assert failed.returncode == 78, failed.stderr
+    line = next(line for line in failed.stderr.splitlines() if line.startswith(f"ERROR: request {ids[1]}:"))
+    assert f"{unreadable.name} cannot be read by this user (permission denied)" in line, line
+    assert "receive: 2 received, 0 withdrawn, 1 refused, 0 unchanged" in failed.stderr
+    inbox = config.parent / "inbox"
+    assert sorted(tree(inbox)) == [f"export_{ids[0]}.zip", f"export_{ids[2]}.zip"]
+    assert state_files(config.parent) == ["lock", "received.json"]
+
+    unreadable.chmod(mode)
+    done = receive(config, prefix=prefix)
+    assert done.returncode == 0, done.stderr
+    assert "receive: 1 received, 0 withdrawn, 0 refused, 2 unchanged" in done.stderr
+    assert tree(inbox) == {f"export_{i}.zip": setup.decrypt(f"export_{i}.zip") for i in ids}
+
+
+@pytest.mark.parametrize(
+    "case", ["inbox-open-to-others", "state-open-to-its-group", "inbox-in-the-source", "state-in-the-source"]
+)
+def test_plaintext_and_state_go_only_where_no_one_else_reaches_them(
+    case: str, setup: Setup, broker_server: BrokerServer, tmp_path: Path
+) -> None:
+    deliver(broker_server, setup, 1)
+    assert setup.run("run").returncode == 0
+    directory = tmp_path / "recipient"
+    directory.mkdir()
+    inbox, state_dir = directory / "inbox", directory / "receive-state"
+    if case == "inbox-open-to-others":
+        inbox.mkdir()
+        inbox.chmod(0o755)
+    elif case == "state-open-to-its-group":
+        state_dir.mkdir()
+        state_dir.chmod(0o770)
+    elif case == "inbox-in-the-source":
+        inbox = setup.folder / "inbox"
+    else:
+        # The same folder by another path.
+        (directory / "upload").symlink_to(setup.folder)
+        state_dir = directory / "upload" / "state"
+    config = receive_config(directory, [tmp_path / "fernet.key"], local_source(setup.folder), inbox=inbox, state_dir=state_dir)
+    delivered = tree(setup.folder)
+    for args in ((), ("--dry-run",)):
+        failed = receive(config, *args)
+        assert failed.returncode == 78, failed.stderr
+        line = one_error_line(failed.stderr)
+        if case.endswith("-in-the-source"):
+            key = "[inbox] directory" if case.startswith("inbox") else "[state] directory"
+            where = inbox if case.startswith("inbox") else state_dir
+            assert f"{key} {where} is inside [source] folder {setup.folder}" in line, line
+        else:
+            where = inbox if case.startswith("inbox") else state_dir
+            assert f"{where} is open to other users (mode {where.stat().st_mode & 0o777:o})" in line, line
+            assert f"run 'chmod 700 {where}'" in line, line
+        assert tree(setup.folder) == delivered
+        assert tree(inbox) == {}
+
+
+def test_a_dry_run_names_a_missing_key_as_a_real_run_does_and_creates_nothing(
+    setup: Setup, broker_server: BrokerServer, tmp_path: Path
+) -> None:
+    (request_id,) = deliver(broker_server, setup, 1)
+    assert setup.run("run").returncode == 0
+    new_key = tmp_path / "fernet-2.key"
+    write_key(new_key)
+    config = recipient(tmp_path, "only-new", [new_key], local_source(setup.folder))
+    planned = receive(config, "--dry-run")
+    assert planned.returncode == 78, planned.stderr
+    line = next(line for line in planned.stderr.splitlines() if line.startswith(f"ERROR: request {request_id}:"))
+    assert f"key id {key_id(tmp_path / 'fernet.key')}" in line and "ask the sender for that key file" in line
+    assert "ERROR: receive --dry-run: 0 to receive, 0 withdrawn, 1 refused, 0 unchanged; nothing was changed" in planned.stderr
+    assert planned.stdout == ""
+    assert sorted(p.name for p in config.parent.iterdir()) == ["receive.toml"]
+    real = receive(config)
+    assert real.returncode == 78 and line in real.stderr, real.stderr
+
+
+def test_plaintext_a_killed_run_left_goes_before_the_source_is_read(
+    setup: Setup, broker_server: BrokerServer, tmp_path: Path
+) -> None:
+    deliver(broker_server, setup, 1)
+    assert setup.run("run").returncode == 0
+    folder = tmp_path / "source"
+    shutil.copytree(setup.folder, folder)
+    config = recipient(tmp_path, "recipient", [tmp_path / "fernet.key"], local_source(folder))
+    killed = receive(config, env={**os.environ, "AKTIN_SFTP_CRASH_AT": "receive:decrypted"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    inbox = config.parent / "inbox"
+    assert [p.name for p in inbox.iterdir() if p.name.endswith(".partial")], "the killed run left no plaintext"
+    # The source fails this run before it gets to any request.
+    (folder / "status.xml").unlink()
+    failed = receive(config)
+    assert failed.returncode == 1, failed.stderr
+    assert "status.xml is missing" in one_error_line(failed.stderr)
+    assert tree(inbox) == {}
+    assert state_files(config.parent) == ["lock"]
+
+
+def test_a_request_withdrawn_before_it_was_received_is_reported_once(
+    setup: Setup, broker_server: BrokerServer, tmp_path: Path
+) -> None:
+    kept, withdrawn = deliver(broker_server, setup, 2)
+    assert setup.run("run").returncode == 0
+    broker_server.set_tags(withdrawn, [])
+    assert setup.run("run").returncode == 0
+    entries, _ = reload_status(setup.folder)
+    assert entries[withdrawn].deleted is not None
+    config = recipient(tmp_path, "recipient", [tmp_path / "fernet.key"], local_source(setup.folder))
+    planned = receive(config, "--dry-run")
+    assert planned.returncode == 0 and f"would report request {withdrawn} as withdrawn" in planned.stdout, planned.stderr
+    done = receive(config)
+    assert done.returncode == 0, done.stderr
+    assert "receive: 1 received, 1 withdrawn, 0 refused, 0 unchanged" in done.stderr
+    line = next(line for line in done.stderr.splitlines() if f"request {withdrawn}:" in line)
+    assert f"withdrawn by the sender on {entries[withdrawn].deleted} before this recipient received it" in line, line
+    assert sorted(tree(config.parent / "inbox")) == [f"export_{kept}.zip"]
+    again = receive(config)
+    assert again.returncode == 0 and "receive: 0 received, 0 withdrawn, 0 refused, 2 unchanged" in again.stderr, again.stderr
+    assert f"request {withdrawn}" not in again.stderr
+
+
 TIMEOUT = 1.0
 # Three times the timeout, and the start and end of a Python process.
 BOUND = 3 * TIMEOUT + 1.5
@@ -558,6 +773,86 @@ def test_a_stalled_sftp_source_ends_in_time_and_the_next_run_takes_it_in(
     for request_id in ids:
         assert (config.parent / "inbox" / f"export_{request_id}.zip").read_bytes() == setup.decrypt(f"export_{request_id}.zip")
     assert state_files(config.parent) == ["lock", "received.json"]
+
+
+def test_a_file_replaced_by_a_much_larger_one_is_not_downloaded_past_the_size_status_xml_vouches_for(
+    setup: Setup, broker_server: BrokerServer, ssh_server: SshServer, toxiproxy: Toxiproxy, tmp_path: Path
+) -> None:
+    replaced, intact = deliver(broker_server, setup, 2)
+    assert setup.run("run").returncode == 0
+    name = f"receive-large-{setup.tag}"[:60]
+    port = toxiproxy.proxy(name, ssh_server.port)
+    config = recipient(tmp_path, "recipient", [tmp_path / "fernet.key"], sftp_source(setup.remote_folder, ssh_server))
+    ssh_server.via_proxy(config, port)
+    # The login, the listing, status.xml and both vouched files are a few KiB: far below this,
+    # which is far below the file that takes one's place. Past it, the connection is cut.
+    toxiproxy.toxic(name, "limit_data", "downstream", bytes=4 << 20)
+    try:
+        held = Paused(receive_command(config), "receive:status", tmp_path)
+        larger = setup.folder / ".larger"
+        with open(larger, "wb") as handle:
+            handle.truncate(64 << 20)
+        os.replace(larger, setup.folder / f"export_{replaced}.zip")
+        held.release()
+        done = held.finish()
+    finally:
+        toxiproxy.remove(name)
+    assert done.returncode == 0, done.stderr
+    assert re.search(
+        rf"WARNING: request {replaced}: \S+ grew beyond the size status.xml says while being read: not taken in, "
+        r"tried again on the next run \(1 of 3\)", done.stderr,
+    ), done.stderr
+    # The same connection carried the next file.
+    assert "receive: 1 received, 0 withdrawn, 1 refused, 0 unchanged" in done.stderr
+    assert tree(config.parent / "inbox") == {f"export_{intact}.zip": setup.decrypt(f"export_{intact}.zip")}
+
+
+def test_a_request_listed_without_size_and_sha256_is_not_taken_in_and_counted_as_refused(
+    setup: Setup, broker_server: BrokerServer, tmp_path: Path
+) -> None:
+    """As the upstream uploader lists what it delivered; the sender's next run delivers it anew,
+    with both, so it is a warning, not an error."""
+    unvouched, vouched = deliver(broker_server, setup, 2)
+    assert setup.run("run").returncode == 0
+    folder = tmp_path / "source"
+    shutil.copytree(setup.folder, folder)
+    entries, path = reload_status(folder)
+    entries[unvouched].copy = None
+    path.write_bytes(state.serialize(entries))
+    config = recipient(tmp_path, "recipient", [tmp_path / "fernet.key"], local_source(folder))
+    for args, summary in (
+        (("--dry-run",), "receive --dry-run: 1 to receive, 0 withdrawn, 1 refused, 0 unchanged"),
+        ((), "receive: 1 received, 0 withdrawn, 1 refused, 0 unchanged"),
+    ):
+        done = receive(config, *args)
+        assert done.returncode == 0, done.stderr
+        assert f"WARNING: request {unvouched}: {path} lists no size and SHA-256 for it" in done.stderr
+        assert summary in done.stdout + done.stderr
+    assert sorted(tree(config.parent / "inbox")) == [f"export_{vouched}.zip"]
+
+
+def test_a_full_disk_while_decrypting_leaves_no_plaintext_and_the_next_run_takes_it_in(
+    setup: Setup, broker_server: BrokerServer, tmp_path: Path
+) -> None:
+    request_id = broker_server.create_request([setup.tag])
+    broker_server.nodes["Bergklinik"].submit(request_id, os.urandom(2 << 20), "application/octet-stream")
+    assert setup.run("run").returncode == 0
+    config = recipient(tmp_path, "recipient", [tmp_path / "fernet.key"], local_source(setup.folder))
+    inbox = config.parent / "inbox"
+    inbox.mkdir(mode=0o700)
+    # The inbox on a 1 MiB file system, in a mount namespace of this run's own; what is left in
+    # it is listed before the namespace goes.
+    script = f'mount -t tmpfs -o size=1m,mode=700 tmpfs {inbox} && "$@"; code=$?; ls -A {inbox}; exit $code'
+    failed = receive(config, prefix=("unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"))
+    assert failed.returncode == 1, failed.stderr
+    assert "No space left on device" in one_error_line(failed.stderr)
+    assert failed.stdout == ""
+    assert state_files(config.parent) == ["lock"]
+
+    done = receive(config)
+    assert done.returncode == 0 and "receive: 1 received" in done.stderr, done.stderr
+    name = f"export_{request_id}.zip"
+    assert tree(inbox) == {name: setup.decrypt(name)}
 
 
 # Every checkpoint of a receive run, in the order a run meets them first: the first fetched
