@@ -37,6 +37,10 @@ RESULT_STATES = ("completed", "rejected", "failed")
 GONE = (404, 406)
 
 
+class KeyRefused(ConfigError):
+    """The broker refused the API key (HTTP 401 or 403)."""
+
+
 class RequestFailed(SyncError):
     """The broker failed for one request; the others can still be delivered."""
 
@@ -275,7 +279,7 @@ class Broker:
 
     def _check(self, status: int, headers: Mapping[str, str], what: str, per_request: bool, gone: tuple[int, ...]) -> None:
         if status in (401, 403):
-            raise ConfigError(
+            raise KeyRefused(
                 f"broker refused the API key (HTTP {status}) for {what}; "
                 "[broker] api_key must be an admin key (its DN has OU=admin)"
             )

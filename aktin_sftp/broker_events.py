@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import websocket
 
+from aktin_sftp.broker import KeyRefused
 from aktin_sftp.config import BrokerConfig
 from aktin_sftp.errors import ConfigError, UnavailableError
 from aktin_sftp.watchdog import Watchdog, cut
@@ -99,7 +100,7 @@ class AdminEvents:
                 if status == 404:
                     raise NoWebsocket(f"{what} does not exist (HTTP 404 at {PATH})") from None
                 if status in (401, 403):
-                    raise ConfigError(
+                    raise KeyRefused(
                         f"broker refused the API key (HTTP {status}) for {what}; [broker] api_key must be an admin key"
                     ) from None
                 raise Lost(f"{what} refused the connection (HTTP {status})") from None
@@ -171,11 +172,12 @@ class AdminEvents:
         return Lost(f"the broker's admin websocket broke off: {_reason(exc)}")
 
     def close(self) -> None:
-        """Drops the connection at once: nothing that could wait on the broker is sent."""
+        """Drops the connection at once: nothing that could wait on the broker is sent. The
+        watchdog goes first, so that it cannot cut a descriptor number the close freed."""
+        self.stack.close()
         cut(self.sock)
         if self.sock is not None:
             self.sock.close()
-        self.stack.close()
 
 
 def _close_reason(data: bytes) -> str:

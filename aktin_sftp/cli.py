@@ -7,7 +7,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 import traceback
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -284,16 +283,12 @@ def _verify(args: argparse.Namespace) -> None:
 
 def _watch(args: argparse.Namespace) -> None:
     settings = config.load(args.config)
-    stop = threading.Event()
-
-    def stopping(*_: object) -> None:
-        stop.set()
-
-    # systemctl stop: the listener ends within a tick, or once a connect under way is done.
-    signal.signal(signal.SIGTERM, stopping)
-    signal.signal(signal.SIGINT, stopping)
-    watch.watch(settings, args.trigger, stop)
-    log.info("listener stopped")
+    # systemctl stop ends the listener at once, also in the middle of a connect.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        watch.watch(settings, args.trigger)
+    except KeyboardInterrupt:
+        log.info("listener stopped")
 
 
 def _receive(args: argparse.Namespace) -> None:

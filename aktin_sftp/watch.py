@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from aktin_sftp import events
-from aktin_sftp.broker import Broker
-from aktin_sftp.broker_events import AdminEvents, NoWebsocket
+from aktin_sftp.broker import Broker, KeyRefused
+from aktin_sftp.broker_events import AdminEvents, Lost, NoWebsocket
 from aktin_sftp.config import Config
-from aktin_sftp.errors import UnavailableError
+from aktin_sftp.errors import ConfigError, UnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -73,25 +72,34 @@ def is_request_event(message: str) -> bool:
     return message.split(" ", 1)[0] in REQUEST_EVENTS
 
 
-def watch(config: Config, trigger: Path, stop: threading.Event) -> None:
-    """Listens until `stop` is set. A rejected API key ends it (ConfigError); whatever else the
-    broker does (restarts, closes, stalls, answers nothing) is met by connecting again."""
+def watch(config: Config, trigger: Path) -> None:
+    """Listens until interrupted (SIGTERM, SIGINT: KeyboardInterrupt, which also ends a wait in
+    progress). A config error ends it (ConfigError) when it has never listened yet, and a refused
+    API key always; whatever else the broker does (restarts, closes, stalls, answers nothing, a
+    proxy's 404 while it restarts) is met by connecting again."""
+    _usable(trigger)
     pending = Pending(config.watch.quiet, config.watch.max_delay)
     outage = _Outage()
     notify("READY=1")
-    while not stop.is_set():
+    while True:
         began = time.monotonic()
         try:
-            _listen(config, pending, trigger, stop, outage)
-            return
+            _listen(config, pending, trigger, outage)
         except NoWebsocket as exc:
             pause = outage.no_websocket(exc)
+        except KeyRefused:
+            raise
+        except ConfigError as exc:
+            if not outage.listened:
+                raise
+            pause = outage.lost(Lost(str(exc)), time.monotonic() - began)
         except UnavailableError as exc:
             pause = outage.lost(exc, time.monotonic() - began)
-        _wait(pause, pending, trigger, stop)
+        _wait(pause, pending, trigger)
 
 
-def _listen(config: Config, pending: Pending, trigger: Path, stop: threading.Event, outage: _Outage) -> None:
+def _listen(config: Config, pending: Pending, trigger: Path, outage: _Outage) -> None:
+    """Until the connection is lost (Lost)."""
     # The REST API says clearly what the handshake does not: whether the key is an admin key.
     with Broker(config.broker) as broker:
         broker.tagged_request_ids(config.broker.tag)
@@ -99,7 +107,7 @@ def _listen(config: Config, pending: Pending, trigger: Path, stop: threading.Eve
         outage.over(admin.url)
         # What happened while nobody listened is caught up on by a run.
         pending.note(time.monotonic())
-        while not stop.is_set():
+        while True:
             notify("WATCHDOG=1")
             due = pending.due_at()
             message = admin.next(TICK if due is None else min(TICK, max(0.0, due - time.monotonic())))
@@ -109,22 +117,34 @@ def _listen(config: Config, pending: Pending, trigger: Path, stop: threading.Eve
             _trigger_if_due(pending, trigger)
 
 
-def _wait(seconds: float, pending: Pending, trigger: Path, stop: threading.Event) -> None:
+def _wait(seconds: float, pending: Pending, trigger: Path) -> None:
     """Between connections: events noted before the connection was lost still get their run."""
     until = time.monotonic() + seconds
-    while not stop.is_set() and time.monotonic() < until:
+    while time.monotonic() < until:
         notify("WATCHDOG=1")
         _trigger_if_due(pending, trigger)
-        stop.wait(min(TICK, max(0.0, until - time.monotonic())))
+        time.sleep(min(TICK, max(0.0, until - time.monotonic())))
+
+
+def _usable(trigger: Path) -> None:
+    """Said at the start rather than when the first run is due."""
+    if not trigger.parent.is_dir() or not os.access(trigger.parent, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"--trigger {trigger}: its folder does not exist or is not writable by this user (under systemd, "
+            "the listener's unit makes /run/aktin-broker-sftp)"
+        )
 
 
 def _trigger_if_due(pending: Pending, trigger: Path) -> None:
     count = pending.take(time.monotonic())
     if not count:
         return
-    descriptor = os.open(trigger, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(f"{count} events\n")
+    # A trigger still there is a run systemd has yet to start: nothing to add. Never through
+    # a link, and never over anything else's file.
+    try:
+        os.close(os.open(trigger, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+    except FileExistsError:
+        pass
     log.info("delivery run requested (%d events since the last request)", count, extra={"MESSAGE_ID": events.RUN_REQUESTED})
 
 
@@ -135,6 +155,7 @@ class _Outage:
         self.since: float | None = None
         self.retry = RETRY_FIRST
         self.told_no_websocket = False
+        self.listened = False
 
     def lost(self, exc: Exception, lasted: float) -> float:
         if self.since is None:
@@ -145,8 +166,10 @@ class _Outage:
         else:
             log.debug("%s", exc)
         # A connection that lasted was no flapping one: the next attempt comes at once.
-        self.retry = RETRY_FIRST if lasted > RETRY_LONGEST else min(2 * self.retry, RETRY_LONGEST)
-        return self.retry
+        if lasted > RETRY_LONGEST:
+            self.retry = RETRY_FIRST
+        pause, self.retry = self.retry, min(2 * self.retry, RETRY_LONGEST)
+        return pause
 
     def no_websocket(self, exc: Exception) -> float:
         if not self.told_no_websocket:
@@ -159,7 +182,7 @@ class _Outage:
         after = f" (again, after {time.monotonic() - self.since:.0f} s)" if self.since is not None else ""
         log.info("listening to the broker's events at %s%s", url, after)
         notify(f"STATUS=listening to {url}")
-        self.since, self.told_no_websocket = None, False
+        self.since, self.told_no_websocket, self.listened = None, False, True
 
 
 def notify(state: str) -> None:

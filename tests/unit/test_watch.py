@@ -3,6 +3,8 @@ about requests, and where the admin websocket is."""
 
 from __future__ import annotations
 
+import logging
+import socket
 import subprocess
 import sys
 import time
@@ -12,7 +14,10 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from aktin_sftp.broker_events import websocket_url
+from aktin_sftp import config, watch
+from aktin_sftp.broker import KeyRefused
+from aktin_sftp.broker_events import Lost, websocket_url
+from aktin_sftp.errors import ConfigError
 from aktin_sftp.watch import Pending, is_request_event
 from tests.peers.http_server import LocalHttpServer
 
@@ -93,7 +98,11 @@ def test_the_websocket_is_beside_the_rest_api(url: str, expected: str) -> None:
 class OldBroker(BaseHTTPRequestHandler):
     """A broker whose REST API answers but that has no admin websocket (404 there)."""
 
+    handshakes = 0
+
     def do_GET(self) -> None:
+        if self.path == "/broker/websocket":
+            OldBroker.handshakes += 1
         if self.path.startswith("/broker/request/filtered"):
             body = b'<request-list xmlns="http://aktin.org/ns/exchange"/>'
             self.send_response(200)
@@ -109,33 +118,107 @@ class OldBroker(BaseHTTPRequestHandler):
         pass
 
 
-def test_a_broker_without_the_websocket_is_said_once_and_the_listener_waits(tmp_path: Path) -> None:
-    server = LocalHttpServer(OldBroker)
-    (tmp_path / "fernet.key").write_bytes(Fernet.generate_key())
-    (tmp_path / "known_hosts").write_text("[127.0.0.1]:1 ssh-ed25519 AAAA\n")
-    config = tmp_path / "sftp.toml"
-    config.write_text(
-        f'[broker]\nurl = "{server.url}"\napi_key = "k"\ntag = "t"\ntimeout = 2\n'
+def write_config(directory: Path, url: str) -> Path:
+    (directory / "fernet.key").write_bytes(Fernet.generate_key())
+    (directory / "known_hosts").write_text("[127.0.0.1]:1 ssh-ed25519 AAAA\n")
+    path = directory / "sftp.toml"
+    path.write_text(
+        f'[broker]\nurl = "{url}"\napi_key = "k"\ntag = "t"\ntimeout = 2\n'
         '[sftp]\nhost = "127.0.0.1"\nport = 1\nusername = "u"\npassword = "p"\nknown_hosts = "known_hosts"\nfolder = "f"\n'
         '[encryption]\nkey_file = "fernet.key"\n'
     )
-    for path in tmp_path.iterdir():
-        path.chmod(0o600)
-    trigger = tmp_path / "trigger"
-    listener = subprocess.Popen(
-        [sys.executable, "-m", "aktin_sftp", "--config", str(config), "watch", "--trigger", str(trigger)],
-        stderr=subprocess.PIPE, text=True,
-    )
+    for name in ("fernet.key", "known_hosts", "sftp.toml"):
+        (directory / name).chmod(0o600)
+    return path
+
+
+def interrupted_after(waits: int, monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Has the listener's pauses between connections recorded, and interrupted at the
+    `waits`-th, as SIGTERM would."""
+    pauses: list[float] = []
+
+    def pause(seconds: float, *_: object) -> None:
+        pauses.append(seconds)
+        if len(pauses) == waits:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(watch, "_wait", pause)
+    return pauses
+
+
+def test_a_broker_without_the_websocket_is_said_once_and_asked_again_every_ten_minutes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = LocalHttpServer(OldBroker)
+    OldBroker.handshakes = 0
     try:
-        time.sleep(4)
-        assert listener.poll() is None, "it waits, asking again later"
+        settings = config.load(write_config(tmp_path, server.url))
+        pauses = interrupted_after(3, monkeypatch)
+        with pytest.raises(KeyboardInterrupt):
+            watch.watch(settings, tmp_path / "trigger")
     finally:
+        server.stop()
+    assert pauses == [watch.NO_WEBSOCKET_RETRY] * 3 and OldBroker.handshakes == 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "does not exist (HTTP 404 at /broker/websocket): deliveries start by the timer only" in warnings[0]
+    assert not (tmp_path / "trigger").exists()
+
+
+def test_reconnects_back_off_and_an_outage_is_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    outage = watch._Outage()
+    brief = [outage.lost(Lost("broker gone"), lasted=1) for _ in range(8)]
+    assert brief == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+    outage.over("ws://broker/broker/websocket")
+    assert outage.lost(Lost("broker gone"), lasted=600) == watch.RETRY_FIRST, "a connection that lasted: at once"
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
+
+
+@pytest.mark.parametrize("listened", [False, True])
+def test_a_config_error_ends_the_listener_only_before_it_ever_listened_a_refused_key_always(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listened: bool
+) -> None:
+    """After a broker restart, a proxy in front of it may answer 404 for a while."""
+    settings = config.load(write_config(tmp_path, "http://127.0.0.1:1"))
+    calls: list[str] = []
+
+    def listen(_: object, __: object, ___: object, outage: watch._Outage) -> None:
+        calls.append("listen")
+        if listened and len(calls) == 1:
+            outage.over("ws://broker/broker/websocket")
+        if len(calls) == 1:
+            raise ConfigError("broker answered the listing with HTTP 404")
+        raise KeyRefused("broker refused the API key (HTTP 401)")
+
+    monkeypatch.setattr(watch, "_listen", listen)
+    interrupted_after(5, monkeypatch)
+    with pytest.raises(KeyRefused if listened else ConfigError) as raised:
+        watch.watch(settings, tmp_path / "trigger")
+    assert isinstance(raised.value, KeyRefused) is listened
+    assert len(calls) == (2 if listened else 1)
+
+
+def test_a_trigger_folder_that_is_not_there_is_a_config_error_at_once(tmp_path: Path) -> None:
+    settings = config.load(write_config(tmp_path, "http://127.0.0.1:1"))
+    with pytest.raises(ConfigError, match="its folder does not exist"):
+        watch.watch(settings, tmp_path / "missing" / "trigger")
+
+
+def test_sigterm_ends_the_listener_at_once_even_in_the_middle_of_a_connect(tmp_path: Path) -> None:
+    """A broker that accepts the connection and never answers: the REST check alone could
+    wait two timeouts."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        command = [sys.executable, "-m", "aktin_sftp", "--config", str(write_config(tmp_path, url)), "watch",
+                   "--trigger", str(tmp_path / "trigger")]
+        listener = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+        time.sleep(1)
+        stopped = time.monotonic()
         listener.terminate()
         _, errors = listener.communicate(timeout=10)
-        server.stop()
-    assert listener.returncode == 0
-    lines = errors.splitlines()
-    assert lines[0].startswith("WARNING: the admin websocket of the broker at http://127.0.0.1:")
-    assert "does not exist (HTTP 404 at /broker/websocket): deliveries start by the timer only" in lines[0]
-    assert lines[1:] == ["INFO: listener stopped"]
-    assert not trigger.exists()
+    assert time.monotonic() - stopped < 1.5
+    assert listener.returncode == 0, errors
+    assert errors.splitlines() == ["INFO: listener stopped"]
