@@ -228,7 +228,7 @@ def test_the_recipients_receive_unit_takes_in_what_was_delivered(system: Contain
 
 
 def test_the_listener_starts_a_delivery_seconds_after_a_result_without_the_timer(
-    system: Container, broker_server: BrokerServer, ssh_server: SshServer
+    system: Container, broker_server: BrokerServer, ssh_server: SshServer, debs: tuple[Path, Path]
 ) -> None:
     """Turned on as the README says; the timer stays as it is (set to 2099 by this suite)."""
     watcher, path_unit = "aktin-broker-sftp-watch.service", "aktin-broker-sftp.path"
@@ -278,6 +278,19 @@ def test_the_listener_starts_a_delivery_seconds_after_a_result_without_the_timer
         time.sleep(0.5)
     shutil.rmtree(drop_in)
     system.run("systemctl", "daemon-reload")
+
+    # An upgrade (here the same package again) restarts an enabled listener; apt remove stops it.
+    def active(name: str) -> str:
+        return system.run("systemctl", "is-active", name, check=False).stdout.strip()
+
+    pid = unit(system, watcher, "MainPID")["MainPID"]
+    system.run(*APT, "--reinstall", f"/srv/packages/{debs[0].name}")
+    assert (active(watcher), active(path_unit)) == ("active", "active")
+    assert unit(system, watcher, "MainPID")["MainPID"] != pid
+    system.run("env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "remove", "-y", "-q", "aktin-broker-sftp")
+    assert (active(watcher), active(path_unit)) == ("inactive", "inactive")
+    system.run(*APT, f"/srv/packages/{debs[0].name}")
+    assert active(watcher) == "active", "installed again, the listener is enabled as before"
 
     stopped = time.monotonic()
     system.run("systemctl", "disable", "--now", watcher)
