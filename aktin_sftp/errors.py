@@ -4,6 +4,8 @@ EX_FAILURE = 1
 # What the sender's status.xml vouches for and what its folder holds disagree (receive).
 EX_DATAERR = 65
 EX_UNAVAILABLE = 69
+# receive: a listed file that cannot be read for a reason other than permissions.
+EX_IOERR = 74
 EX_SOFTWARE = 70
 EX_TEMPFAIL = 75
 EX_CONFIG = 78

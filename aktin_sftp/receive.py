@@ -9,7 +9,6 @@ name there, then renamed), mode 0600 in folders of mode 0700 that the sender's l
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import logging
 import lzma
@@ -18,7 +17,7 @@ import re
 import stat
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -26,10 +25,10 @@ from typing import BinaryIO, Protocol
 from aktin_sftp import crypto, state
 from aktin_sftp.config import ReceiveConfig
 from aktin_sftp.crypto import Writer
-from aktin_sftp.errors import EX_CONFIG, EX_DATAERR, ConfigError, LockedError, SyncError
+from aktin_sftp.errors import EX_CONFIG, EX_DATAERR, EX_IOERR, ConfigError, SyncError
 from aktin_sftp.faults import checkpoint
 from aktin_sftp.files import Hashing
-from aktin_sftp.lock import exclusive
+from aktin_sftp.lock import exclusive, held
 from aktin_sftp.received import Inbox, InboxFile, Mismatch, Received
 from aktin_sftp.sftp import Remote
 from aktin_sftp.state import Entry
@@ -46,8 +45,6 @@ _TOKEN = re.compile(r"\.receive_[0-9]+\.fernet")
 _UNFINISHED = re.compile(r"\.export_[0-9]+\.zip\.partial")
 # As the sender writes them; anything else would end up in log lines unchecked.
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
-# sysexits.h: a listed file that cannot be read for a reason other than permissions.
-EX_IOERR = 74
 
 
 def result_name(request_id: int) -> str:
@@ -111,12 +108,15 @@ class LocalFolder:
         with os.fdopen(descriptor, "rb") as handle:
             if not stat.S_ISREG(os.fstat(descriptor).st_mode):
                 raise Differs("is not a regular file")
-            try:
-                while most > 0 and (chunk := handle.read(min(1 << 20, most))):
-                    most -= len(chunk)
-                    local.write(chunk)
-            except OSError as exc:
-                raise Unreadable.of(exc) from None
+            while most > 0:
+                try:
+                    chunk = handle.read(min(1 << 20, most))
+                except OSError as exc:
+                    raise Unreadable.of(exc) from None
+                if not chunk:
+                    return
+                most -= len(chunk)
+                local.write(chunk)
 
 
 class SftpFolder:
@@ -294,22 +294,13 @@ def _report(entry: Entry, refusal: Refused, summary: Summary) -> None:
     summary.exit_code = max(summary.exit_code, refusal.exit_code)
 
 
-@contextmanager
-def _one_run_in(inbox: Path) -> Iterator[None]:
+def _one_run_in(inbox: Path) -> AbstractContextManager[None]:
     """One run at a time in an inbox, which several configs may share: a lock on the folder
     itself, which puts no file among the recipient's."""
-    descriptor = os.open(inbox, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LockedError(
-                f"another run holds {inbox} (of a config sharing this inbox); this one exits and the next timer run continues"
-            ) from None
-        # The kernel drops the lock with the process, so a killed run never leaves it stuck.
-        yield
-    finally:
-        os.close(descriptor)
+    return held(
+        os.open(inbox, os.O_RDONLY | os.O_DIRECTORY),
+        f"another run holds {inbox} (of a config sharing this inbox)",
+    )
 
 
 @contextmanager
@@ -374,16 +365,29 @@ class _Bounded:
     """Stops a read at the size status.xml vouches for: a file growing while it is read (or a
     device put under its name) is not read on and on into the state directory."""
 
-    def __init__(self, target: Writer, size: int) -> None:
+    def __init__(self, target: Writer, size: int, token: Path) -> None:
         self.target = target
         self.left = size
+        self.token = token
 
     def write(self, chunk: bytes) -> int:
         self.left -= len(chunk)
         if self.left < 0:
             raise Differs("grew beyond the size status.xml says while being read")
-        self.target.write(chunk)
+        try:
+            self.target.write(chunk)
+        except OSError as exc:
+            # No OSError on its way out through the source, which takes those for its own.
+            raise _unwritable(self.token, exc) from None
         return len(chunk)
+
+
+def _unwritable(token: Path, exc: OSError) -> SyncError:
+    """This machine's disk, not the source: every request after this one would fail the same way."""
+    return SyncError(
+        f"{token} cannot be written ({exc.strerror or exc}): make room in [state] directory {token.parent} (a full "
+        "disk or an exceeded quota shows up this way); nothing more was taken in, the next run continues"
+    )
 
 
 def _take_in(
@@ -392,32 +396,43 @@ def _take_in(
     """Fetches, checks, decrypts and places one request's file; records it in `inbox`."""
     assert entry.copy is not None
     name = result_name(entry.id)
+    where = source.where(name)
     key = _key(entry, keys)
     token = config.state_dir / f".receive_{entry.id}.fernet"
-    try:
-        try:
-            problem = _fetch(source, listing, name, entry.copy, token)
-        except Unreadable as unreadable:
-            raise Refused(
-                f"{source.where(name)} cannot be read by this user ({unreadable}): not taken in; the sender's files "
-                "must be readable by the user receive runs as (over SFTP, by [sftp] username)", unreadable.exit_code,
-            ) from None
+    with _temporary(token) as downloaded:
+        problem = _fetch(source, listing, name, entry.copy, downloaded, token)
         if problem:
-            raise _mismatch(config, entry, inbox, f"{source.where(name)} {problem}")
+            raise _mismatch(config, entry, inbox, f"{where} {problem}")
         inbox.mismatches.pop(entry.id, None)
         unfinished = config.inbox / f".{name}.partial"
-        try:
-            plain = _decrypt(key, token, unfinished, source.where(name))
+        with _temporary(unfinished) as plain:
+            plain_sha256 = _decrypt(key, token, plain, where)
             checkpoint("receive:decrypted")
-            _place(config.inbox, name, unfinished, plain)
+            _place(config.inbox, name, unfinished, plain_sha256)
             checkpoint("receive:placed")
-        finally:
-            unfinished.unlink(missing_ok=True)
-    finally:
-        token.unlink(missing_ok=True)
     inbox.received[entry.id] = Received(entry.id, entry.copy.sha256, entry.copy.key_id, state.now())
     inbox.withdrawn_unreceived.pop(entry.id, None)
-    log.info("request %s: received %s as %s", entry.id, source.where(name), config.inbox / name)
+    log.info("request %s: received %s as %s", entry.id, where, config.inbox / name)
+
+
+@contextmanager
+def _temporary(path: Path) -> Iterator[BinaryIO]:
+    """A new file of mode 0600 under one of our temporary names, gone again when the block ends
+    (renamed into place by then, or not wanted). The run removed its leftovers under these names
+    before it began: whatever is there now (a link put there to lead plaintext elsewhere)
+    something else put there, so it is neither written through nor removed."""
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        raise Refused(
+            f"{path} is already there, put there by something other than this run after it began: not taken in; "
+            "find out what put it there and remove it, and the next run takes it in", EX_CONFIG,
+        ) from None
+    try:
+        with os.fdopen(descriptor, "w+b") as handle:
+            yield handle
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def _key(entry: Entry, keys: Mapping[str, bytes]) -> bytes:
@@ -432,26 +447,42 @@ def _key(entry: Entry, keys: Mapping[str, bytes]) -> bytes:
     return key
 
 
-def _fetch(source: Source, listing: Mapping[str, int], name: str, vouched: state.Copy, token: Path) -> str | None:
+def _fetch(
+    source: Source, listing: Mapping[str, int], name: str, vouched: state.Copy, downloaded: BinaryIO, token: Path
+) -> str | None:
     """Downloads the token; what makes it differ from status.xml, or None."""
     listed = listing.get(name)
     if listed is None:
         return "is missing"
     if listed != vouched.size:
         return f"has {listed} bytes, status.xml says {vouched.size}"
-    with _create(token) as handle:
-        hashing = Hashing(handle)
-        try:
-            source.download(name, _Bounded(hashing, vouched.size), vouched.size + 1)
-        except Differs as differs:
-            return str(differs)
-        got = handle.tell()
+    hashing = Hashing(downloaded)
+    try:
+        source.download(name, _Bounded(hashing, vouched.size, token), vouched.size + 1)
+    except Differs as differs:
+        return str(differs)
+    except Unreadable as unreadable:
+        raise _unreadable(source.where(name), unreadable) from None
+    try:
+        downloaded.flush()
+    except OSError as exc:
+        raise _unwritable(token, exc) from None
     checkpoint("receive:fetched")
+    got = downloaded.tell()
     if got != vouched.size:
         return f"had {got} bytes when read, status.xml says {vouched.size}"
     if hashing.digest.hexdigest() != vouched.sha256:
         return "has a SHA-256 other than status.xml says"
     return None
+
+
+def _unreadable(where: str, unreadable: Unreadable) -> Refused:
+    if unreadable.exit_code == EX_CONFIG:
+        return Refused(
+            f"{where} cannot be read by this user ({unreadable}): not taken in; the sender's files must be readable by "
+            "the user receive runs as (over SFTP, by [sftp] username)", EX_CONFIG,
+        )
+    return Refused(f"{where} cannot be read ({unreadable}): not taken in, tried again on the next run", unreadable.exit_code)
 
 
 def _mismatch(config: ReceiveConfig, entry: Entry, inbox: Inbox, problem: str) -> Refused:
@@ -470,37 +501,29 @@ def _mismatch(config: ReceiveConfig, entry: Entry, inbox: Inbox, problem: str) -
     )
 
 
-def _decrypt(key: bytes, token: Path, unfinished: Path, where: str) -> str:
+def _decrypt(key: bytes, token: Path, plain: BinaryIO, where: str) -> str:
     """The plaintext's SHA-256, once it is checked to be a zip."""
-    with _create(unfinished) as handle:
-        hashing = Hashing(handle)
-        try:
-            crypto.decrypt_file(key, token, hashing)
-        except crypto.InvalidTokenError as exc:
-            raise Refused(f"{where} matches status.xml but does not open with its key ({exc})", EX_DATAERR) from None
-        handle.flush()
-        os.fsync(handle.fileno())
-        handle.seek(0)
-        try:
-            # What was written, through the same descriptor: not whatever is under the name by now.
-            with zipfile.ZipFile(handle) as bundle:
-                broken = bundle.testzip()
-        # What zipfile raises for a member it cannot read: a compression method or encryption it
-        # does not know (RuntimeError), a broken LZMA or bzip2 stream (LZMAError, OSError), one cut short.
-        except (zipfile.BadZipFile, RuntimeError, lzma.LZMAError, OSError, EOFError) as exc:
-            raise Refused(
-                f"{where} decrypts, but not to a zip this can read ({type(exc).__name__}: {exc})", EX_DATAERR
-            ) from None
+    hashing = Hashing(plain)
+    try:
+        crypto.decrypt_file(key, token, hashing)
+    except crypto.InvalidTokenError as exc:
+        raise Refused(f"{where} matches status.xml but does not open with its key ({exc})", EX_DATAERR) from None
+    plain.flush()
+    os.fsync(plain.fileno())
+    plain.seek(0)
+    try:
+        # What was written, through the same descriptor: not whatever is under the name by now.
+        with zipfile.ZipFile(plain) as bundle:
+            broken = bundle.testzip()
+    # What zipfile raises for a member it cannot read: a compression method or encryption it
+    # does not know (RuntimeError), a broken LZMA or bzip2 stream (LZMAError, OSError), one cut short.
+    except (zipfile.BadZipFile, RuntimeError, lzma.LZMAError, OSError, EOFError) as exc:
+        raise Refused(
+            f"{where} decrypts, but not to a zip this can read ({type(exc).__name__}: {exc})", EX_DATAERR
+        ) from None
     if broken is not None:
         raise Refused(f"{where} decrypts to a zip whose member {broken!r} is damaged", EX_DATAERR)
     return hashing.digest.hexdigest()
-
-
-def _create(path: Path) -> BinaryIO:
-    """A new file of mode 0600 under one of our temporary names, which a run cleared of
-    leftovers: whatever else is there (a link put there to lead plaintext elsewhere) is an
-    error, never written through."""
-    return os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "w+b")
 
 
 def _place(folder: Path, name: str, unfinished: Path, plain_sha256: str) -> None:
@@ -577,6 +600,10 @@ def _check_places(config: ReceiveConfig) -> None:
                 )
         if folder.exists():
             _closed(folder, key)
+    # Checked here too, not only when a file is moved there, which would be after it was decrypted.
+    for folder in (config.inbox / "previous", config.inbox / "withdrawn"):
+        if folder.exists():
+            _closed(folder, "[inbox] directory")
 
 
 def _private_folder(folder: Path, key: str) -> None:
@@ -610,16 +637,29 @@ def _placed_sha256(path: Path) -> str | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        if exc.errno not in (errno.ELOOP, errno.ENXIO):
-            raise
-        raise _not_a_file(path) from None
+        if exc.errno in (errno.ELOOP, errno.ENXIO):
+            raise _not_a_file(path) from None
+        raise _unreadable_placed(path, exc) from None
     with os.fdopen(descriptor, "rb") as handle:
         if not stat.S_ISREG(os.fstat(descriptor).st_mode):
             raise _not_a_file(path)
         digest = hashlib.sha256()
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
+        try:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        except OSError as exc:
+            raise _unreadable_placed(path, exc) from None
     return digest.hexdigest()
+
+
+def _unreadable_placed(path: Path, exc: OSError) -> Refused:
+    """Put there by someone else (a copy by root, say): only this request waits for it."""
+    unreadable = Unreadable.of(exc)
+    by = " by this user" if unreadable.exit_code == EX_CONFIG else ""
+    return Refused(
+        f"{path} cannot be read{by} ({unreadable}), so the received file is not placed there: make it readable, or "
+        "move it away, and the next run places it", unreadable.exit_code,
+    )
 
 
 def _not_a_file(path: Path) -> Refused:

@@ -10,7 +10,6 @@ import re
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -18,21 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import paramiko
-from paramiko.message import Message
-from paramiko.sftp import CMD_CLOSE, CMD_DATA, CMD_HANDLE, CMD_OPEN, CMD_READ, CMD_STATUS, SFTP_FLAG_READ
-from paramiko.sftp_attr import SFTPAttributes
 
 from aktin_sftp.config import SftpConfig
 from aktin_sftp.crypto import Writer
 from aktin_sftp.errors import ConfigError, SyncError, UnavailableError
 from aktin_sftp.faults import checkpoint
-from aktin_sftp.transfer import POSIX_RENAME, _Replies, open_client
+from aktin_sftp.transfer import POSIX_RENAME, open_client
 from aktin_sftp.watchdog import Watch, Watchdog, cut
-
-try:
-    from paramiko.sftp import int64
-except ImportError:  # paramiko before 3.0 (Debian 12, Ubuntu 22.04) calls it long
-    from paramiko.py3compat import long as int64  # type: ignore[no-redef]
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +36,6 @@ Progress = Callable[[int, int], None]
 # What a broken connection or a refusing server raises anywhere in paramiko.
 TRANSFER_ERRORS = (OSError, EOFError, paramiko.SSHException, paramiko.SFTPError)
 PARTIAL = re.compile(r"\.(export_[0-9]+\.zip|status\.xml|aktin-speed-probe)\.part")
-# A download's reads: of the size every SFTP server answers in full, this many in flight at once
-# (2 MiB, enough to keep a long, fast link busy).
-READ_SIZE = 1 << 15
-READS = 64
 
 
 class _GcmFirstTransport(paramiko.Transport):
@@ -417,61 +404,12 @@ class Remote:
         checkpoint("sftp:download")
         try:
             with self._waiting(what):
-                kind, message = self.sftp._request(CMD_OPEN, source, SFTP_FLAG_READ, SFTPAttributes())
-                if kind != CMD_HANDLE:
-                    raise paramiko.SFTPError("Expected handle")
-                handle = message.get_binary()
-                try:
-                    self._read(handle, local, most)
-                finally:
-                    # Answered after every read still in flight: the channel is clear for the next file.
-                    self.sftp._request(CMD_CLOSE, handle)
+                self.sftp.read_file(source, local, most)
         except TRANSFER_ERRORS as exc:
             error = self._transfer_error(what, exc)
             if isinstance(exc, OSError) and not isinstance(error, UnavailableError):
                 raise
             raise error from None
-
-    def _read(self, handle: bytes, local: Writer, most: int) -> None:
-        """Up to READS reads in flight, their data written in order."""
-        replies = _Replies()
-        pending: deque[tuple[int, int]] = deque()
-        size = READ_SIZE
-        asked = done = 0
-        while True:
-            while len(pending) < READS and asked < most:
-                length = min(size, most - asked)
-                pending.append((self.sftp._async_request(replies, CMD_READ, handle, int64(asked), length), length))
-                asked += length
-            if not pending:
-                return
-            number, length = pending.popleft()
-            kind, message = self._reply(replies, number)
-            if kind == CMD_STATUS:
-                try:
-                    self.sftp._convert_status(message)
-                except EOFError:  # the server's way of saying the file ends here
-                    return
-            if kind != CMD_DATA:
-                raise paramiko.SFTPError("Expected data")
-            data = message.get_binary()
-            local.write(data)
-            done += len(data)
-            if len(data) < length:
-                # The file's end, or a server that sends less than asked for: what was in flight
-                # behind it is let go, and the reads go on from here, no larger than it sent.
-                for stale, _ in pending:
-                    self._reply(replies, stale)
-                pending.clear()
-                if not data:
-                    return
-                size = min(size, len(data))
-                asked = done
-
-    def _reply(self, replies: _Replies, number: int) -> tuple[int, Message]:
-        while number not in replies.got:
-            self.sftp._read_response()
-        return replies.got.pop(number)
 
     def remove_partials(self) -> None:
         """Drops what an interrupted run left under temporary names (only names we make)."""

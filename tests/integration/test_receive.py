@@ -487,6 +487,10 @@ def test_something_other_than_the_listed_file_under_its_name_is_not_read_on_and_
         token.unlink()
         # Another process keeps writing it: as long as the read goes on.
         writer = subprocess.Popen(["sh", "-c", f"while :; do head -c 65536 /dev/zero; sleep 0.01; done > {token}"])
+        # Already larger than status.xml's few hundred bytes when the run reads it, not missing or short.
+        deadline = time.monotonic() + 10
+        while not (token.exists() and token.stat().st_size >= 65536) and time.monotonic() < deadline:
+            time.sleep(0.01)
     try:
         held.release()
         done = held.finish(30)
@@ -551,6 +555,30 @@ def test_a_link_under_the_unfinished_name_never_takes_plaintext_out_of_the_inbox
     placed = inbox / f"export_{request_id}.zip"
     assert not placed.is_symlink()
     assert tree(inbox) == {placed.name: setup.decrypt(placed.name)}
+
+
+def test_a_link_put_under_the_unfinished_name_during_a_run_is_refused_and_left_alone(
+    setup: Setup, broker_server: BrokerServer, tmp_path: Path
+) -> None:
+    """Put there after the run cleared its leftovers: by something else, which it is not for
+    receive to undo."""
+    (request_id,) = deliver(broker_server, setup, 1)
+    assert setup.run("run").returncode == 0
+    config = recipient(tmp_path, "recipient", [tmp_path / "fernet.key"], local_source(setup.folder))
+    inbox = config.parent / "inbox"
+    outside = config.parent / "outside.zip"
+    held = Paused(receive_command(config), "receive:fetched", tmp_path)
+    link = inbox / f".export_{request_id}.zip.partial"
+    link.symlink_to(f"../{outside.name}")
+    held.release()
+    failed = held.finish()
+    assert failed.returncode == 78, failed.stderr
+    line = next(line for line in failed.stderr.splitlines() if line.startswith(f"ERROR: request {request_id}:"))
+    assert f"{link} is already there" in line, line
+    assert "receive: 0 received, 0 withdrawn, 1 refused, 0 unchanged" in failed.stderr
+    assert not outside.exists()
+    assert os.readlink(link) == f"../{outside.name}"
+    assert state_files(config.parent) == ["lock", "received.json"]
 
 
 @pytest.mark.parametrize("odd", ["fifo", "link-to-a-device"])
@@ -621,6 +649,24 @@ def test_a_file_this_user_cannot_read_is_refused_and_the_others_come_in(
     assert tree(inbox) == {f"export_{i}.zip": setup.decrypt(f"export_{i}.zip") for i in ids}
 
 
+def test_a_status_xml_this_user_cannot_read_takes_nothing_in(
+    setup: Setup, broker_server: BrokerServer, tmp_path: Path
+) -> None:
+    deliver(broker_server, setup, 1)
+    assert setup.run("run").returncode == 0
+    folder = tmp_path / "source"
+    shutil.copytree(setup.folder, folder)
+    (folder / "status.xml").chmod(0)
+    config = recipient(tmp_path, "recipient", [tmp_path / "fernet.key"], local_source(folder))
+    prefix = ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all")
+    failed = receive(config, prefix=prefix)
+    assert failed.returncode == 78, failed.stderr
+    line = one_error_line(failed.stderr)
+    assert f"{folder / 'status.xml'} cannot be read by this user (permission denied); nothing was taken in" in line, line
+    assert tree(config.parent / "inbox") == {}
+    assert state_files(config.parent) == ["lock"]
+
+
 @pytest.mark.parametrize(
     "case", ["inbox-open-to-others", "state-open-to-its-group", "inbox-in-the-source", "state-in-the-source"]
 )
@@ -660,6 +706,59 @@ def test_plaintext_and_state_go_only_where_no_one_else_reaches_them(
             assert f"run 'chmod 700 {where}'" in line, line
         assert tree(setup.folder) == delivered
         assert tree(inbox) == {}
+
+
+def test_an_inbox_file_this_user_cannot_read_refuses_that_request_only(
+    setup: Setup, broker_server: BrokerServer, tmp_path: Path
+) -> None:
+    (changed,) = deliver(broker_server, setup, 1)
+    assert setup.run("run").returncode == 0
+    # Read without the capabilities that let root read past a file's mode: a copy of root's own.
+    folder = tmp_path / "source"
+    shutil.copytree(setup.folder, folder)
+    prefix = ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all")
+    config = recipient(tmp_path, "recipient", [tmp_path / "fernet.key"], local_source(folder))
+    assert receive(config, prefix=prefix).returncode == 0
+    broker_server.nodes["Sachsenklinik"].submit(changed, b"second hospital")
+    (new,) = deliver(broker_server, setup, 1)
+    assert setup.run("run").returncode == 0
+    shutil.copytree(setup.folder, folder, dirs_exist_ok=True)
+    # Copied in by root, say, with no permissions for anyone.
+    placed = config.parent / "inbox" / f"export_{changed}.zip"
+    before = placed.read_bytes()
+    placed.chmod(0)
+
+    failed = receive(config, prefix=prefix)
+    assert failed.returncode == 78, failed.stderr
+    line = next(line for line in failed.stderr.splitlines() if line.startswith(f"ERROR: request {changed}:"))
+    assert f"{placed} cannot be read by this user" in line, line
+    assert "receive: 1 received, 0 withdrawn, 1 refused, 0 unchanged" in failed.stderr
+    assert placed.read_bytes() == before
+    assert (config.parent / "inbox" / f"export_{new}.zip").read_bytes() == setup.decrypt(f"export_{new}.zip")
+
+    placed.chmod(0o600)
+    done = receive(config, prefix=prefix)
+    assert done.returncode == 0 and "receive: 1 received, 0 withdrawn, 0 refused, 1 unchanged" in done.stderr, done.stderr
+    assert (config.parent / "inbox" / "previous" / f"export_{changed}.1.zip").read_bytes() == before
+
+
+@pytest.mark.parametrize("folder", ["previous", "withdrawn"])
+def test_an_inbox_folder_open_to_others_is_refused_before_anything_is_taken_in(
+    folder: str, setup: Setup, broker_server: BrokerServer, tmp_path: Path
+) -> None:
+    deliver(broker_server, setup, 1)
+    assert setup.run("run").returncode == 0
+    config = recipient(tmp_path, "recipient", [tmp_path / "fernet.key"], local_source(setup.folder), move_withdrawn=True)
+    inbox = config.parent / "inbox"
+    inbox.mkdir(mode=0o700)
+    (inbox / folder).mkdir()
+    (inbox / folder).chmod(0o750)
+    for args in ((), ("--dry-run",)):
+        failed = receive(config, *args)
+        assert failed.returncode == 78, failed.stderr
+        line = one_error_line(failed.stderr)
+        assert f"{inbox / folder} is open to other users (mode 750)" in line, line
+        assert [p.name for p in inbox.iterdir()] == [folder]
 
 
 def test_a_dry_run_names_a_missing_key_as_a_real_run_does_and_creates_nothing(
@@ -785,8 +884,9 @@ def test_a_file_replaced_by_a_much_larger_one_is_not_downloaded_past_the_size_st
     config = recipient(tmp_path, "recipient", [tmp_path / "fernet.key"], sftp_source(setup.remote_folder, ssh_server))
     ssh_server.via_proxy(config, port)
     # The login, the listing, status.xml and both vouched files are a few KiB: far below this,
-    # which is far below the file that takes one's place. Past it, the connection is cut.
-    toxiproxy.toxic(name, "limit_data", "downstream", bytes=4 << 20)
+    # which is far below the file that takes one's place, and below the 2 MiB of reads a
+    # download may have in flight. Past it, the connection is cut.
+    toxiproxy.toxic(name, "limit_data", "downstream", bytes=256 << 10)
     try:
         held = Paused(receive_command(config), "receive:status", tmp_path)
         larger = setup.folder / ".larger"
@@ -853,6 +953,34 @@ def test_a_full_disk_while_decrypting_leaves_no_plaintext_and_the_next_run_takes
     assert done.returncode == 0 and "receive: 1 received" in done.stderr, done.stderr
     name = f"export_{request_id}.zip"
     assert tree(inbox) == {name: setup.decrypt(name)}
+
+
+@pytest.mark.parametrize("source", ["local", "sftp"])
+def test_a_full_disk_in_the_state_directory_is_named_as_such_not_blamed_on_the_source(
+    source: str, setup: Setup, broker_server: BrokerServer, ssh_server: SshServer, tmp_path: Path
+) -> None:
+    request_id = broker_server.create_request([setup.tag])
+    broker_server.nodes["Bergklinik"].submit(request_id, os.urandom(2 << 20), "application/octet-stream")
+    assert setup.run("run").returncode == 0
+    where = local_source(setup.folder) if source == "local" else sftp_source(setup.remote_folder, ssh_server)
+    config = recipient(tmp_path, "recipient", [tmp_path / "fernet.key"], where)
+    state_dir = config.parent / "receive-state"
+    state_dir.mkdir(mode=0o700)
+    # The state directory on a 1 MiB file system, too small for the downloaded token.
+    script = f'mount -t tmpfs -o size=1m,mode=700 tmpfs {state_dir} && "$@"; code=$?; ls -A {state_dir}; exit $code'
+    failed = receive(config, prefix=("unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"))
+    assert failed.returncode == 1, failed.stderr
+    line = one_error_line(failed.stderr)
+    assert "cannot be read" not in line, line
+    assert f"[state] directory {state_dir}" in line and "No space left on device" in line, line
+    # Only the lock is left on it.
+    assert failed.stdout.split() == ["lock"]
+    assert tree(config.parent / "inbox") == {}
+
+    done = receive(config)
+    assert done.returncode == 0 and "receive: 1 received" in done.stderr, done.stderr
+    name = f"export_{request_id}.zip"
+    assert tree(config.parent / "inbox") == {name: setup.decrypt(name)}
 
 
 # Every checkpoint of a receive run, in the order a run meets them first: the first fetched

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import json
+import logging
+import os
+import threading
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from paramiko.message import Message
+from paramiko.sftp import CMD_CLOSE, CMD_DATA, CMD_HANDLE, CMD_OPEN, CMD_READ, CMD_STATUS, SFTP_EOF, SFTP_OK
 
-from aktin_sftp.errors import SyncError
-from aktin_sftp.receive import due
+from aktin_sftp.errors import EX_CONFIG, EX_IOERR, SyncError
+from aktin_sftp.receive import Differs, SftpFolder, Unreadable, due
 from aktin_sftp.received import Damaged, Inbox, InboxFile, Mismatch, Received, parse, serialize
 from aktin_sftp.state import Copy, Entry
+from aktin_sftp.transfer import READ_SIZE, READS, Client
 
 OLD, NEW = "aa" * 32, "bb" * 32
 KEY_ID = "0123456789abcdef"
@@ -150,3 +160,130 @@ def test_a_damaged_state_is_one_clear_error(data: bytes, tmp_path: Path) -> None
     message = str(raised.value)
     assert message.startswith(f"{path}: ") and "\n" not in message
     assert "move it away" in message
+
+
+class FakeSftpServer(Client):
+    """paramiko's own request and reply bookkeeping, against an in-memory file: `answer` says how
+    many bytes a READ at an offset gets (None: what is there, as a server answers in full)."""
+
+    def __init__(self, content: bytes, answer: Callable[[int, int], int | None] = lambda offset, length: None) -> None:
+        # paramiko's SFTPClient.__init__ wants a channel; these are what its request code uses.
+        self._lock = threading.Lock()
+        self._expecting: dict[int, object] = {}
+        self.request_number = 1
+        self.ultra_debug = False
+        self.logger = logging.getLogger("fake-sftp")
+        self.content = content
+        self.answer = answer
+        self.reads: list[tuple[int, int]] = []
+        self.outbox: deque[tuple[int, bytes]] = deque()
+        self.closed = False
+
+    def _send_packet(self, kind: int, message: Message) -> None:
+        request = Message(message.asbytes())
+        number = request.get_int()
+        reply = Message()
+        reply.add_int(number)
+        if kind == CMD_OPEN:
+            reply.add_string(b"handle")
+            self.outbox.append((CMD_HANDLE, reply.asbytes()))
+            return
+        if kind == CMD_CLOSE:
+            self.closed = True
+            reply.add_int(SFTP_OK)
+            reply.add_string("")
+            self.outbox.append((CMD_STATUS, reply.asbytes()))
+            return
+        assert kind == CMD_READ
+        request.get_binary()
+        offset, length = request.get_int64(), request.get_int()
+        self.reads.append((offset, length))
+        # An endless download would not end this test either.
+        assert len(self.reads) < 10_000, "endless reads"
+        if offset >= len(self.content):
+            reply.add_int(SFTP_EOF)
+            reply.add_string("End of file")
+            self.outbox.append((CMD_STATUS, reply.asbytes()))
+            return
+        count = self.answer(offset, length)
+        reply.add_string(self.content[offset:offset + (length if count is None else count)])
+        self.outbox.append((CMD_DATA, reply.asbytes()))
+
+    def _read_packet(self) -> tuple[int, bytes]:
+        assert self.outbox, "waits for a reply the server never sends"
+        return self.outbox.popleft()
+
+
+def download(server: FakeSftpServer, most: int) -> bytes:
+    got = io.BytesIO()
+    server.closed = False
+    server.read_file("/upload/export_1.zip", got, most)
+    return got.getvalue()
+
+
+def test_one_short_read_does_not_make_the_rest_of_the_download_endless() -> None:
+    content = os.urandom(1 << 20)
+    # The third read of the file gets a single byte; every other one what it asked for.
+    server = FakeSftpServer(content, lambda offset, length: 1 if offset == 2 * READ_SIZE else None)
+    assert download(server, len(content) + 1) == content
+    assert len(server.reads) <= (len(content) + 1) // READ_SIZE + 2 * READS
+
+
+def test_a_reply_longer_than_the_read_asked_for_is_refused() -> None:
+    server = FakeSftpServer(os.urandom(4 * READ_SIZE), lambda offset, length: length + 1)
+    with pytest.raises(OSError, match=f"answered a read of {READ_SIZE} bytes with {READ_SIZE + 1}"):
+        download(server, 4 * READ_SIZE + 1)
+
+
+def test_a_server_that_answers_every_read_short_gives_the_whole_file() -> None:
+    content = os.urandom(5 * READ_SIZE + 7)
+    server = FakeSftpServer(content, lambda offset, length: min(length, 10_000))
+    assert download(server, len(content) + 1) == content
+
+
+def test_reads_in_flight_past_the_end_are_answered_before_the_next_file() -> None:
+    """As for status.xml, read with room for far more than it holds."""
+    first, second = os.urandom(1000), os.urandom(3000)
+    server = FakeSftpServer(first)
+    assert download(server, 10 << 20) == first
+    assert server.closed and not server.outbox
+    server.content = second
+    assert download(server, 10 << 20) == second
+
+
+class RefusingRemote:
+    """A server that answers the download with a plain failure, as OpenSSH's does for most errors."""
+
+    def __init__(self, error: OSError, listed: list[str]) -> None:
+        self.error = error
+        self.listed = listed
+
+    def download_at_most(self, name: str, local: object, most: int) -> None:
+        raise self.error
+
+    def listing(self) -> dict[str, int]:
+        return dict.fromkeys(self.listed, 1000)
+
+
+@pytest.mark.parametrize(
+    ("error", "listed", "expected"),
+    [
+        (PermissionError(errno.EACCES, "Permission denied"), ["export_1.zip"], ("permission denied", EX_CONFIG)),
+        (OSError("Failure"), ["export_1.zip"], ("Failure", EX_IOERR)),
+        # Some servers answer "no such file" that way too: the folder tells which it was.
+        (OSError("Failure"), [], None),
+        (FileNotFoundError(errno.ENOENT, "No such file"), ["export_1.zip"], None),
+    ],
+    ids=["permission", "other-failure", "gone-failure", "gone"],
+)
+def test_what_an_sftp_server_refuses_is_told_apart(
+    error: OSError, listed: list[str], expected: tuple[str, int] | None
+) -> None:
+    folder = SftpFolder(RefusingRemote(error, listed))  # type: ignore[arg-type]
+    if expected is None:
+        with pytest.raises(Differs, match="is missing"):
+            folder.download("export_1.zip", io.BytesIO(), 1001)
+        return
+    with pytest.raises(Unreadable) as raised:
+        folder.download("export_1.zip", io.BytesIO(), 1001)
+    assert (str(raised.value), raised.value.exit_code) == expected
