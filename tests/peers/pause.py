@@ -38,7 +38,10 @@ class Paused:
             if text.isdigit() and int(text) >= threads:
                 return
             time.sleep(0.02)
-        raise AssertionError(f"{self.marker.read_text() or 'no'} threads at the checkpoint after {seconds} s, not {threads}")
+        waiting = self.marker.read_text() or "no"
+        self.process.kill()
+        out, err = self.process.communicate()
+        raise AssertionError(f"{waiting} threads at the checkpoint after {seconds} s, not {threads}: {out}{err}")
 
     def release(self) -> float:
         """Lets the command go on; returns when (time.monotonic())."""
