@@ -215,10 +215,14 @@ def test_sigterm_ends_the_listener_at_once_even_in_the_middle_of_a_connect(tmp_p
         command = [sys.executable, "-m", "aktin_sftp", "--config", str(write_config(tmp_path, url)), "watch",
                    "--trigger", str(tmp_path / "trigger")]
         listener = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-        time.sleep(1)
+        # Once it connects, it is past its start (and its signal handler) and waits on the broker.
+        silent.settimeout(60)
+        waiting, _ = silent.accept()
+        time.sleep(0.5)
         stopped = time.monotonic()
         listener.terminate()
         _, errors = listener.communicate(timeout=10)
+        waiting.close()
     assert time.monotonic() - stopped < 1.5
     assert listener.returncode == 0, errors
     assert errors.splitlines() == ["INFO: listener stopped"]
