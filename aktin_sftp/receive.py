@@ -426,7 +426,8 @@ def _temporary(path: Path) -> Iterator[BinaryIO]:
     except FileExistsError:
         raise Refused(
             f"{path} is already there, put there by something other than this run after it began: not taken in; "
-            "find out what put it there and remove it, and the next run takes it in", EX_CONFIG,
+            "find out what put it there: the next run removes it (a name of receive's own) and takes the request in",
+            EX_CONFIG,
         ) from None
     try:
         with os.fdopen(descriptor, "w+b") as handle:
@@ -584,6 +585,7 @@ def _drop_leftovers(config: ReceiveConfig) -> None:
     for folder, pattern in ((config.state_dir, _TOKEN), (config.inbox, _UNFINISHED)):
         for path in folder.iterdir():
             if pattern.fullmatch(path.name) and (path.is_symlink() or not path.is_dir()):
+                log.info("removing %s, left by an interrupted run (or put under a name of receive's own)", path)
                 path.unlink()
 
 
