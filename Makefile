@@ -30,7 +30,7 @@ APT_PACKAGES = $(DEMO_PACKAGES) dpkg-dev debhelper dh-python python3-all pybuild
 .PHONY: test floor demo demo-deps bench deb docs lint unit deps broker-jars broker-recording toxiproxy clean
 
 test: deps $(VENV)/.ready $(FLOOR_READY) broker-jars toxiproxy lint
-	$(VENV)/bin/pytest -ra tests
+	$(VENV)/bin/pytest -ra --durations=15 tests
 	$(MAKE) --no-print-directory floor
 
 # The booted Debian tests are about the package, not the library floor; the heavy tests are left
