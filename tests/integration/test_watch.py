@@ -61,6 +61,16 @@ def delivered(setup: Setup, request_id: int) -> bool:
     return (setup.folder / f"export_{request_id}.zip").exists()
 
 
+def submitted_and_delivered(broker: BrokerServer, setup: Setup, listener: Listener, result: bytes) -> None:
+    """A new request of the test's tag gets a hospital's result; returns once its file is in the folder."""
+    request_id = broker.create_request([setup.tag])
+    broker.nodes["Sachsenklinik"].submit(request_id, result)
+    deadline = time.monotonic() + QUIET + 60
+    while not delivered(setup, request_id):
+        assert time.monotonic() < deadline, listener.text()
+        time.sleep(0.05)
+
+
 def test_a_submitted_result_is_delivered_within_the_quiet_period_and_one_run(
     setup: Setup, broker_server: BrokerServer, listening: tuple[Listener, PathUnit]
 ) -> None:
@@ -137,12 +147,7 @@ def test_an_idle_close_by_the_broker_is_met_by_connecting_again(setup: Setup, tm
             opened = listener.wait_for("listening to the broker's events", 60)
             listener.wait_for("closed its admin websocket", 10, after=opened)
             again = listener.wait_for(r"listening to the broker's events at .* \(again, after", 10, after=opened)
-            request_id = broker.create_request([setup.tag])
-            broker.nodes["Sachsenklinik"].submit(request_id, b"between two idle closes")
-            deadline = time.monotonic() + QUIET + 60
-            while not delivered(setup, request_id):
-                assert time.monotonic() < deadline, listener.text()
-                time.sleep(0.05)
+            submitted_and_delivered(broker, setup, listener, b"between two idle closes")
         finally:
             code = listener.stop()
             units.stop()
@@ -188,12 +193,7 @@ def test_a_stalled_websocket_is_noticed_and_the_listener_connects_again(
         toxiproxy.heal(name)
         again = listener.wait_for(r"listening to the broker's events at .* \(again, after", 30, after=healed)
         units.wait_for_runs(2, again - healed + QUIET + 60)
-        request_id = broker_server.create_request([setup.tag])
-        broker_server.nodes["Sachsenklinik"].submit(request_id, b"after the stall")
-        deadline = time.monotonic() + QUIET + 60
-        while not delivered(setup, request_id):
-            assert time.monotonic() < deadline, listener.text()
-            time.sleep(0.05)
+        submitted_and_delivered(broker_server, setup, listener, b"after the stall")
     finally:
         code = listener.stop()
         units.stop()
