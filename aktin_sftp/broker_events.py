@@ -55,7 +55,6 @@ class AdminEvents:
         self.sock: socket.socket | None = None
         self.ws = websocket.WebSocket(skip_utf8_validation=True)
         self.pings = 0
-        self.heard = time.monotonic()
         self.asked = False
         opened = False
         try:
