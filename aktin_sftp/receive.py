@@ -133,7 +133,7 @@ class SftpFolder:
 
     def download(self, name: str, local: Writer, most: int) -> None:
         try:
-            self.remote.download_at_most(name, local, most)
+            self.remote.download(name, local, most)
         except PermissionError as exc:
             raise Unreadable.of(exc) from None
         except OSError as exc:

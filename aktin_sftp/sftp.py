@@ -382,18 +382,7 @@ class Remote:
         except TRANSFER_ERRORS as exc:
             raise self._transfer_error(what, exc) from None
 
-    def download(self, name: str, local: Writer) -> None:
-        source = self.path(name)
-        what = f"the download of {source}"
-        checkpoint("sftp:download")
-        try:
-            with self._waiting(what):
-                # paramiko only calls write() on it.
-                self.sftp.getfo(source, local)  # type: ignore[arg-type]
-        except TRANSFER_ERRORS as exc:
-            raise self._transfer_error(what, exc) from None
-
-    def download_at_most(self, name: str, local: Writer, most: int) -> None:
+    def download(self, name: str, local: Writer, most: int) -> None:
         """Downloads at most `most` bytes of `name`, and asks the server for no more: paramiko's
         getfo asks for the whole file at once and keeps what arrives, so a file far larger than
         the caller expects would cost its whole size in transfer and memory. What the server

@@ -48,16 +48,14 @@ class Outcome:
 
 def run(config: Config, dry_run: bool = False, show: Callable[[str], None] = print) -> Outcome:
     if dry_run:
-        key = crypto.load_key(config.key_file)
-        target = Target(crypto.key_id(key), config.sftp.destination)
+        key, target = _key_and_target(config)
         entries = StatusFile(config.state_dir / STATUS_NAME).load()
         with Broker(config.broker) as broker:
             observed, unreadable = observe(broker, config.broker.tag)
         _show_plan(make_plan(observed.values(), entries, config.max_delete, target, unreadable), unreadable, show)
         return Outcome()
     with locked_state(config.state_dir) as store, lastrun.recorded(config.state_dir):
-        key = crypto.load_key(config.key_file)
-        target = Target(crypto.key_id(key), config.sftp.destination)
+        key, target = _key_and_target(config)
         entries = store.load()
         with Broker(config.broker) as broker, _connecting(config.sftp) as connected:
             observed, unreadable = observe(broker, config.broker.tag)
@@ -76,6 +74,11 @@ def run(config: Config, dry_run: bool = False, show: Callable[[str], None] = pri
             delivery.remove_all(plan.remove, plan.forget, config.broker.tag)
             delivery.publish_status()
     return _finish(delivery.outcome, plan, config.max_delete)
+
+
+def _key_and_target(config: Config) -> tuple[bytes, Target]:
+    key = crypto.load_key(config.key_file)
+    return key, Target(crypto.key_id(key), config.sftp.destination)
 
 
 def _announce_moves(plan: Plan, entries: dict[int, Entry], target: Target) -> None:

@@ -112,6 +112,16 @@ def deliver(broker_server: BrokerServer, setup: Setup, count: int, hospital: str
     return ids
 
 
+def delivered_and_copied(setup: Setup, broker_server: BrokerServer, tmp_path: Path, count: int) -> tuple[Path, Path]:
+    """`count` requests delivered, the folder copied as a local source, and a recipient of it:
+    the copy and the recipient's config."""
+    deliver(broker_server, setup, count)
+    assert setup.run("run").returncode == 0
+    folder = tmp_path / "source"
+    shutil.copytree(setup.folder, folder)
+    return folder, recipient(tmp_path, "recipient", [tmp_path / "fernet.key"], local_source(folder))
+
+
 def key_id(key_file: Path) -> str:
     return crypto.key_id(crypto.load_key(key_file))
 
@@ -652,12 +662,8 @@ def test_a_file_this_user_cannot_read_is_refused_and_the_others_come_in(
 def test_a_status_xml_this_user_cannot_read_takes_nothing_in(
     setup: Setup, broker_server: BrokerServer, tmp_path: Path
 ) -> None:
-    deliver(broker_server, setup, 1)
-    assert setup.run("run").returncode == 0
-    folder = tmp_path / "source"
-    shutil.copytree(setup.folder, folder)
+    folder, config = delivered_and_copied(setup, broker_server, tmp_path, 1)
     (folder / "status.xml").chmod(0)
-    config = recipient(tmp_path, "recipient", [tmp_path / "fernet.key"], local_source(folder))
     prefix = ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all")
     failed = receive(config, prefix=prefix)
     assert failed.returncode == 78, failed.stderr
@@ -783,11 +789,7 @@ def test_a_dry_run_names_a_missing_key_as_a_real_run_does_and_creates_nothing(
 def test_plaintext_a_killed_run_left_goes_before_the_source_is_read(
     setup: Setup, broker_server: BrokerServer, tmp_path: Path
 ) -> None:
-    deliver(broker_server, setup, 1)
-    assert setup.run("run").returncode == 0
-    folder = tmp_path / "source"
-    shutil.copytree(setup.folder, folder)
-    config = recipient(tmp_path, "recipient", [tmp_path / "fernet.key"], local_source(folder))
+    folder, config = delivered_and_copied(setup, broker_server, tmp_path, 1)
     killed = receive(config, env={**os.environ, "AKTIN_SFTP_CRASH_AT": "receive:decrypted"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     inbox = config.parent / "inbox"

@@ -258,7 +258,7 @@ class RefusingRemote:
         self.error = error
         self.listed = listed
 
-    def download_at_most(self, name: str, local: object, most: int) -> None:
+    def download(self, name: str, local: object, most: int) -> None:
         raise self.error
 
     def listing(self) -> dict[str, int]:
